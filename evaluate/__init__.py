@@ -1,0 +1,2 @@
+"""Evaluation of any representation (student, teacher, cache): kNN, linear probe and
+cluster alignment, with the protocol recorded in every result."""

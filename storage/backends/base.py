@@ -1,0 +1,50 @@
+"""The interface every storage backend implements: whole shards in, whole shards out.
+
+A backend only knows how to put one ``ShardBlock`` under a name of a ``Location`` and read
+it back; atomicity (temp name + rename), completion markers and the manifest are the
+writer's job, so they behave the same for every backend.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from storage.location import Location
+from storage.manifest import Manifest
+from storage.shard_block import ShardBlock
+
+
+class ShardBackend(ABC):
+    """Stores one shard per name. ``suffix`` is appended to the shard's base name."""
+
+    name: str
+    suffix: str
+
+    def check_location(self, location: Location) -> None:
+        """Raise ``ValueError`` if this backend cannot live at ``location``."""
+
+    @abstractmethod
+    def write(self, location: Location, name: str, block: ShardBlock, manifest: Manifest) -> None:
+        """Write all of ``block`` under ``name`` (which does not exist yet)."""
+
+    @abstractmethod
+    def read_embeddings_into(self, location: Location, name: str, out: np.ndarray) -> None:
+        """Copy the shard's embeddings into ``out`` (shape ``(R, *row_shape)``, C-contiguous)."""
+
+    @abstractmethod
+    def read_metadata(self, location: Location, name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """``(index (R,) int64, labels (R,) int64, paths)`` of the shard."""
+
+    @abstractmethod
+    def read_column(self, location: Location, name: str, column: str) -> np.ndarray:
+        """One extra column, shape ``(R, *spec.shape)``."""
+
+    def read(self, location: Location, name: str, manifest: Manifest, rows: int) -> ShardBlock:
+        """The whole shard as a block (used by verification and small reads)."""
+        emb = np.empty((rows, *manifest.row_shape), dtype=manifest.dtype)
+        self.read_embeddings_into(location, name, emb)
+        index, labels, paths = self.read_metadata(location, name)
+        columns = {c: self.read_column(location, name, c) for c in manifest.columns}
+        return ShardBlock(emb, index, labels, paths, columns)

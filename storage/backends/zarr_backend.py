@@ -1,0 +1,95 @@
+"""Zarr v3 backend: one zarr group per shard (``shard-00000.zarr``), uncompressed.
+
+One group per shard (rather than one big sharded array) keeps every shard an independent
+unit that one writer produces whole, under a temporary name, and renames into place; it
+also lets ranks write disjoint shards with no coordination. Chunks are at least
+``MIN_CHUNK_BYTES`` (embeddings are incompressible, so no compressor by default). Any
+fsspec URL works as a location, as it does for zarr itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from storage.backends.base import ShardBackend
+from storage.location import Location
+from storage.manifest import Manifest
+from storage.shard_block import ShardBlock, decode_paths, encode_paths
+
+MIN_CHUNK_BYTES = 1 << 20
+TARGET_CHUNK_BYTES = 16 << 20
+
+
+def chunk_rows(row_bytes: int, rows: int) -> int:
+    """Rows per chunk: about ``TARGET_CHUNK_BYTES`` (never below 1 MiB unless the shard is
+    smaller), capped at the shard's row count."""
+    per_chunk = max(1, -(-TARGET_CHUNK_BYTES // max(row_bytes, 1)))
+    return max(1, min(per_chunk, rows))
+
+
+class ZarrBackend(ShardBackend):
+    name = "zarr"
+    suffix = ".zarr"
+
+    def _group(self, location: Location, name: str, mode: str):  # type: ignore[no-untyped-def]
+        import zarr
+
+        try:
+            return zarr.open_group(store=location.zarr_store(name), mode=mode, zarr_format=3)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # zarr raises several types for a missing/broken group
+            if not location.exists(name):
+                raise FileNotFoundError(location.describe(name)) from None
+            raise OSError(f"{location.describe(name)}: cannot be opened as a zarr v3 group ({e})") from None
+
+    def write(self, location: Location, name: str, block: ShardBlock, manifest: Manifest) -> None:
+        group = self._group(location, name, "w")
+        offsets, blob = encode_paths(block.paths)
+        arrays: dict[str, np.ndarray] = {
+            "embeddings": block.embeddings,
+            "index": block.index,
+            "label": block.labels,
+            "path_offsets": offsets,
+            "path_bytes": blob,
+            **{f"column_{k}": v for k, v in block.columns.items()},
+        }
+        for key, data in arrays.items():
+            row_bytes = int(np.prod(data.shape[1:], dtype=np.int64)) * data.dtype.itemsize
+            rows = chunk_rows(row_bytes, data.shape[0])
+            arr = group.create_array(
+                key,
+                shape=data.shape,
+                dtype=data.dtype,
+                chunks=(rows, *data.shape[1:]),
+                compressors=None,
+                fill_value=0,
+                config={"write_empty_chunks": True},
+            )
+            if data.size:
+                arr[...] = data
+
+    def _array(self, location: Location, name: str, key: str):  # type: ignore[no-untyped-def]
+        group = self._group(location, name, "r")
+        try:
+            return group[key]
+        except KeyError:
+            raise OSError(f"{location.describe(name)}: array {key!r} is missing (truncated shard?)") from None
+
+    def read_embeddings_into(self, location: Location, name: str, out: np.ndarray) -> None:
+        arr = self._array(location, name, "embeddings")
+        if tuple(arr.shape) != out.shape or np.dtype(arr.dtype) != out.dtype:
+            raise ValueError(f"{location.describe(name)}: holds {arr.shape} {arr.dtype}, expected {out.shape} {out.dtype}")
+        if out.size:
+            try:
+                out[...] = arr[...]
+            except (ValueError, KeyError, OSError) as e:
+                raise OSError(f"{location.describe(name)}: embeddings cannot be read (truncated chunk?): {e}") from None
+
+    def read_metadata(self, location: Location, name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        group = self._group(location, name, "r")
+        paths = decode_paths(group["path_offsets"][...], group["path_bytes"][...])
+        return np.asarray(group["index"][...], dtype=np.int64), np.asarray(group["label"][...], dtype=np.int64), paths
+
+    def read_column(self, location: Location, name: str, column: str) -> np.ndarray:
+        return np.asarray(self._array(location, name, f"column_{column}")[...])

@@ -1,0 +1,28 @@
+"""Shared fixtures. Tests are CPU-only and small; slow/GPU tests need ``-m slow`` / ``-m gpu``."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def repo_root() -> str:
+    return REPO_ROOT
+
+
+@pytest.fixture
+def python_env() -> dict[str, str]:
+    """Environment for subprocesses: this checkout first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.fixture
+def python_exe() -> str:
+    return sys.executable
