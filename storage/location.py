@@ -161,7 +161,8 @@ class FsspecLocation(Location):
     def zarr_store(self, name: str) -> Any:
         import zarr.storage
 
-        return zarr.storage.FsspecStore.from_url(self.describe(name))
+        options = {"auto_mkdir": True} if self.local_path() is not None else None
+        return zarr.storage.FsspecStore.from_url(self.describe(name), storage_options=options)
 
 
 class MemoryLocation(Location):
