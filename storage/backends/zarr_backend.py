@@ -9,6 +9,9 @@ fsspec URL works as a location, as it does for zarr itself.
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import numpy as np
 
 from storage.backends.base import ShardBackend
@@ -21,10 +24,15 @@ TARGET_CHUNK_BYTES = 16 << 20
 
 
 def chunk_rows(row_bytes: int, rows: int) -> int:
-    """Rows per chunk: about ``TARGET_CHUNK_BYTES`` (never below 1 MiB unless the shard is
-    smaller), capped at the shard's row count."""
-    per_chunk = max(1, -(-TARGET_CHUNK_BYTES // max(row_bytes, 1)))
-    return max(1, min(per_chunk, rows))
+    """Rows per chunk: the shard split into equal chunks of at most about
+    ``TARGET_CHUNK_BYTES`` (so at least 1 MiB unless the whole shard is smaller).
+
+    Equal chunks matter because zarr stores an uncompressed edge chunk at full size: a
+    16 MiB chunk holding 1 row would waste 16 MiB on disk.
+    """
+    target = max(1, -(-TARGET_CHUNK_BYTES // max(row_bytes, 1)))
+    count = max(1, -(-rows // target))
+    return max(1, -(-rows // count))
 
 
 class ZarrBackend(ShardBackend):
@@ -80,11 +88,18 @@ class ZarrBackend(ShardBackend):
         arr = self._array(location, name, "embeddings")
         if tuple(arr.shape) != out.shape or np.dtype(arr.dtype) != out.dtype:
             raise ValueError(f"{location.describe(name)}: holds {arr.shape} {arr.dtype}, expected {out.shape} {out.dtype}")
-        if out.size:
-            try:
-                out[...] = arr[...]
-            except (ValueError, KeyError, OSError) as e:
-                raise OSError(f"{location.describe(name)}: embeddings cannot be read (truncated chunk?): {e}") from None
+        if not out.size:
+            return
+        try:
+            local = location.local_path(name)
+            if local is not None and _is_raw_row_chunked(arr):
+                _read_raw_chunks(arr, os.path.join(local, "embeddings"), out)
+            else:
+                from zarr.core.buffer.cpu import NDBuffer
+
+                arr.get_basic_selection(Ellipsis, out=NDBuffer.from_numpy_array(out))
+        except (ValueError, KeyError, OSError) as e:
+            raise OSError(f"{location.describe(name)}: embeddings cannot be read (truncated chunk?): {e}") from None
 
     def read_metadata(self, location: Location, name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         group = self._group(location, name, "r")
@@ -93,3 +108,34 @@ class ZarrBackend(ShardBackend):
 
     def read_column(self, location: Location, name: str, column: str) -> np.ndarray:
         return np.asarray(self._array(location, name, f"column_{column}")[...])
+
+
+def _is_raw_row_chunked(arr: Any) -> bool:
+    """True when every chunk file is the plain little-endian C-order bytes of whole rows: only
+    the ``bytes`` codec (no compressor, no filter) and chunks spanning all trailing axes."""
+    from zarr.codecs import BytesCodec
+
+    meta = arr.metadata
+    codecs = getattr(meta, "codecs", ())
+    if len(codecs) != 1 or not isinstance(codecs[0], BytesCodec):
+        return False
+    little = codecs[0].endian is None or codecs[0].endian.value == "little"
+    return little and tuple(arr.chunks[1:]) == tuple(arr.shape[1:]) and arr.order == "C"
+
+
+def _read_raw_chunks(arr: Any, array_dir: str, out: np.ndarray) -> None:
+    """Read chunk files straight into ``out`` (no intermediate buffers). The zarr v3 format
+    fixes the layout of an uncompressed chunk, so this is the same data zarr would decode;
+    it runs at ``readinto`` speed instead of ~0.4x of it through zarr's codec pipeline."""
+    rows_per_chunk = arr.chunks[0]
+    view = out.reshape(out.shape[0], -1).view(np.uint8)
+    row_bytes = view.shape[1]
+    encode = arr.metadata.chunk_key_encoding.encode_chunk_key
+    for i, start in enumerate(range(0, out.shape[0], rows_per_chunk)):
+        stop = min(start + rows_per_chunk, out.shape[0])
+        key = encode((i,) + (0,) * (out.ndim - 1))
+        target = memoryview(view[start:stop]).cast("B")
+        with open(os.path.join(array_dir, *key.split("/")), "rb") as f:
+            got = f.readinto(target)
+        if got != (stop - start) * row_bytes:
+            raise OSError(f"chunk {key}: {got} bytes, expected {(stop - start) * row_bytes} (truncated)")

@@ -170,3 +170,30 @@ def test_unknown_backend_and_hdf5_on_url(tmp_path) -> None:
         create_store(str(tmp_path / "s"), 4, 2, backend="parquet")
     with pytest.raises(ValueError, match="hdf5' needs a local path"):
         create_store("memory://x-hdf5", 4, 2, backend="hdf5")
+
+
+@pytest.mark.parametrize("views", [None, 3])
+def test_zarr_raw_chunk_fast_path_equals_zarr_decoding(tmp_path, monkeypatch, views) -> None:
+    from storage.backends import zarr_backend
+
+    shape = (37, 16) if views is None else (37, views, 16)
+    x = unit_rows(*shape)
+    monkeypatch.setattr(zarr_backend, "TARGET_CHUNK_BYTES", 10 * x[0].nbytes)  # several chunks per shard
+    path = str(tmp_path / "s")
+    writer = create_store(path, 37, 16, backend="zarr", shard_size=25, views=views)
+    for s in writer.pending_shards():
+        a, b = writer.shard_rows(s)
+        writer.write_shard(s, x[a:b])
+    store = writer.finalize()
+    fast = store.load_all()
+    monkeypatch.setattr(zarr_backend, "_is_raw_row_chunked", lambda arr: False)
+    slow = store.load_all()
+    assert np.array_equal(fast, x) and np.array_equal(slow, x)
+
+
+def test_chunks_split_shards_evenly() -> None:
+    from storage.backends.zarr_backend import chunk_rows
+
+    assert chunk_rows(256, 200_000) == 50_000  # 4 equal chunks of 12.8 MB, no padded edge chunk
+    assert chunk_rows(16384, 10) == 10
+    assert chunk_rows(1, 100) == 100
