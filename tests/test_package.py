@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-PACKAGES = ["storage", "cache_builder", "distill", "evaluate"]
+PACKAGES = ["storage", "cache_builder", "distill", "evaluate", "demo"]
 CLIS = ["cache_builder.cli", "distill.cli", "evaluate.cli"]
 HEAVY = ["torch", "torchvision", "faiss", "zarr", "h5py", "scipy"]
 
@@ -22,6 +22,7 @@ ALLOWED_IMPORTS = {
     "cache_builder": {"storage"},
     "distill": {"storage", "cache_builder"},
     "evaluate": {"storage", "distill", "cache_builder"},
+    "demo": {"storage", "cache_builder", "distill", "evaluate"},
 }
 
 

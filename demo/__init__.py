@@ -1,0 +1,1 @@
+"""The embedded offline demo: the whole CompRess pipeline on Fashion-MNIST in minutes on a CPU."""
