@@ -72,16 +72,27 @@ def mobilenet_v2_headless() -> nn.Module:
     return model
 
 
-class _PooledFeature(nn.Module):
-    """Wraps a torchvision feature extractor returning one node; 4-D maps are average-pooled."""
+class _LayerEmbedding(nn.Module):
+    """Runs ``model`` and returns the output of its submodule ``layer`` (4-D maps are
+    average-pooled), captured with a forward hook. State-dict keys stay the model's own."""
 
-    def __init__(self, extractor: nn.Module, node: str) -> None:
+    def __init__(self, model: nn.Module, layer: str) -> None:
         super().__init__()
-        self.extractor = extractor
-        self.node = node
+        self.model = model
+        self.layer = layer
+        self._captured: list[torch.Tensor] = []
+        model.get_submodule(layer).register_forward_hook(lambda _m, _i, out: self._captured.append(out))
+
+    def state_dict(self, *args, **kwargs):  # type: ignore[override]
+        return self.model.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, *args, **kwargs):  # type: ignore[override]
+        return self.model.load_state_dict(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.extractor(x)[self.node]
+        self._captured.clear()
+        self.model(x)
+        out = self._captured.pop()
         if out.dim() == 4:
             out = out.mean(dim=(2, 3))
         return torch.flatten(out, 1)
@@ -92,8 +103,8 @@ def torchvision_headless(arch: str, embed_layer: str | None = None) -> tuple[nn.
 
     Args:
         arch: a name accepted by ``torchvision.models.get_model`` (e.g. ``resnet18``).
-        embed_layer: a graph node name (``torchvision.models.feature_extraction``) whose
-            output is the embedding; 4-D outputs are global-average-pooled.
+        embed_layer: a submodule name (``layer3``, ``features.12``) whose output is the
+            embedding; 4-D outputs are global-average-pooled.
     Returns:
         ``(module, dropped_prefixes)``: the module maps ``(B, 3, H, W)`` to ``(B, D)``;
         ``dropped_prefixes`` are the state-dict key prefixes of the removed head.
@@ -107,13 +118,11 @@ def torchvision_headless(arch: str, embed_layer: str | None = None) -> tuple[nn.
         raise ValueError(f"--arch {arch!r} is not a torchvision classification model; known: {', '.join(sorted(known))}")
     model = torchvision.models.get_model(arch, weights=None)
     if embed_layer is not None:
-        from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
-
-        _, nodes = get_graph_node_names(model)
-        if embed_layer not in nodes:
-            raise ValueError(f"--embed-layer {embed_layer!r} is not a node of {arch}; nodes: {', '.join(nodes)}")
-        # the head's keys stay in the module (unused), so a checkpoint with the head loads strictly
-        return _PooledFeature(create_feature_extractor(model, return_nodes=[embed_layer]), embed_layer), ()
+        names = [n for n, _ in model.named_modules() if n]
+        if embed_layer not in names:
+            raise ValueError(f"--embed-layer {embed_layer!r} is not a module of {arch}; modules: {', '.join(names[:60])}, ...")
+        # the whole network (head included) runs and keeps its keys: the file must hold them all
+        return _LayerEmbedding(model, embed_layer), ()
     for head in ("fc", "head", "heads", "classifier"):
         if isinstance(getattr(model, head, None), nn.Module):
             setattr(model, head, nn.Identity())
