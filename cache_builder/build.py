@@ -32,7 +32,7 @@ from cache_builder import dist
 from cache_builder.checkpoints import sha256_file
 from cache_builder.dataset import ImageDataset, ShardBatchSampler, collate_raw, scan_bad_images
 from cache_builder.image_list import ImageList, discover_splits
-from cache_builder.teachers import TeacherSpec, default_weights_path, load_teacher_spec, resolve_spec
+from cache_builder.teachers import MissingWeightsError, TeacherSpec, default_weights_path, load_teacher_spec, resolve_spec
 from cache_builder.transforms import CROP_COLUMNS, RRCViews, normalize_batch
 
 log = logging.getLogger("cache_builder")
@@ -452,6 +452,8 @@ def build_cache(cfg: BuildConfig) -> BuildResult:
     cfg = cfg.resolved()
     spec = resolve_spec(cfg.teacher, cfg.arch, cfg.prefix, cfg.embed_layer).with_sizes(cfg.input_size, cfg.resize_size)
     assert cfg.weights is not None and cfg.data is not None
+    if not os.path.isfile(cfg.weights):  # before anything slow: say where the file goes
+        raise MissingWeightsError(spec.missing_weights_message(cfg.weights))
     dist.init_from_env(cfg.device)
     try:
         device = _resolve_device(cfg.device)
