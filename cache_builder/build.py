@@ -315,6 +315,9 @@ def _open_or_create_store(path: str, cfg: BuildConfig, n: int, d: int, fingerpri
     try:
         return storage.create_store(path, n, d, cfg.dtype, exist_ok=True, **kwargs)
     except storage.StoreMismatchError as e:
+        if not storage.open_store(path).manifest.done_shards:
+            log.warning("%s: replacing an earlier store with no completed shard (it was started with other settings)", path)
+            return storage.create_store(path, n, d, cfg.dtype, overwrite=True, **kwargs)
         if not cfg.overwrite:
             raise BuildError(
                 f"{e}\nThe existing cache was built with a different teacher, weights, recipe, data listing or "

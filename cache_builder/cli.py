@@ -126,6 +126,7 @@ def build(teacher, weights, data, root, out, arch, prefix, embed_layer, input_si
     from cache_builder.dataset import BadImageError
     from cache_builder.image_list import ImageListError
     from cache_builder.teachers import MissingWeightsError, UnknownTeacherError
+    from storage import StoreError
 
     try:
         cfg = BuildConfig(
@@ -136,14 +137,12 @@ def build(teacher, weights, data, root, out, arch, prefix, embed_layer, input_si
             decode=decode, amp=not no_amp, knn=not no_knn, progress=progress,
         )
         build_cache(cfg)
-    except (MissingWeightsError, UnknownTeacherError, CheckpointError, ImageListError, BadImageError, BuildError, ValueError) as e:
+    except (MissingWeightsError, UnknownTeacherError, CheckpointError, ImageListError, BuildError, StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    except RuntimeError as e:  # a worker's BadImageError arrives wrapped by the DataLoader
-        if "BadImageError" in str(e) or "cannot decode image" in str(e):
-            msg = str(e).strip().splitlines()
-            raise click.ClickException(next((m for m in reversed(msg) if "cannot decode image" in m), msg[-1]) +
-                                       "\n(rerun with --skip-bad to record and skip unreadable images)") from None
-        raise
+    except BadImageError as e:  # from a DataLoader worker it carries the worker's traceback: keep the message
+        lines = [m for m in str(e).strip().splitlines() if "cannot decode image" in m or "cannot read file" in m]
+        msg = lines[-1].split("BadImageError: ")[-1] if lines else str(e)
+        raise click.ClickException(msg + "\n(rerun with --skip-bad to record unreadable images in the manifest and skip them)") from None
 
 
 @main.command("list-teachers")
