@@ -506,6 +506,7 @@ def build_cache(cfg: BuildConfig) -> BuildResult:
             with open(os.path.join(cfg.out, SUMMARY_NAME), "w", encoding="utf-8") as f:
                 json.dump({"splits": {k: {**dataclasses.asdict(v), "images_per_second": v.images_per_second} for k, v in results.items()},
                            "knn_top1": result.knn_top1}, f, indent=2)
+        dist.barrier()
         return result
     finally:
         dist.shutdown()

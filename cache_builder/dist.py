@@ -44,9 +44,10 @@ def init_from_env(device: str = "auto") -> None:
 
 
 def shutdown() -> None:
+    """Leave the group this module started. No barrier: after an error on one rank the others
+    must fail fast (their next collective errors out) rather than wait forever."""
     global _started_here
     if _started_here and is_distributed():
-        td.barrier()
         td.destroy_process_group()
     _started_here = False
 
