@@ -224,3 +224,31 @@ def test_cli_build_info_verify_and_missing_weights(assets, tmp_path, monkeypatch
     assert "weights_sha256" in res.output and "complete" in res.output
     res = runner.invoke(main, ["build", "--teacher", "nope", "--weights", assets["weights"]])
     assert res.exit_code == 1 and "known teachers" in res.output
+
+
+def test_decode_gpu_without_cuda_falls_back_to_cpu_and_says_so(assets, tmp_path, caplog) -> None:
+    import logging
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; see the gpu-marked test")
+    with caplog.at_level(logging.WARNING, logger="cache_builder"):
+        build_cache(_cfg(assets, tmp_path / "g", splits=("val",), decode="gpu"))
+    assert "--decode gpu needs a CUDA device" in caplog.text and "decoding on the CPU" in caplog.text
+    build_cache(_cfg(assets, tmp_path / "c", splits=("val",)))
+    assert _checksums(str(tmp_path / "g" / "val")) == _checksums(str(tmp_path / "c" / "val"))
+
+
+@pytest.mark.gpu
+def test_decode_gpu_matches_cpu_decoding(tmp_path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    data = tmp_path / "jpg"
+    syn.write_image_folder(str(data), classes=2, per_class=4, size=64, ext="jpg")
+    weights = str(tmp_path / "w.pth")
+    torch.save(syn.randomize_(torchvision.models.resnet18(), seed=5).state_dict(), weights)
+    kw = dict(COMMON, weights=weights, data=str(data), device="cuda", dtype="float32", amp=False)
+    build_cache(BuildConfig(**kw, out=str(tmp_path / "gpu"), decode="gpu"))
+    build_cache(BuildConfig(**kw, out=str(tmp_path / "cpu")))
+    a = storage.open_store(str(tmp_path / "gpu" / "train")).load_all()
+    b = storage.open_store(str(tmp_path / "cpu" / "train")).load_all()
+    assert (a * b).sum(axis=1).min() > 0.98  # GPU JPEG decoding and resizing differ slightly from PIL
