@@ -52,6 +52,12 @@ def package_version() -> str:
         return "0.1.0+source"
 
 
+def default_workers() -> int:
+    """DataLoader workers per process: the node's cores shared by the local ranks, at most 8."""
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, (os.cpu_count() or 1) // max(1, local_ranks)))
+
+
 class BuildError(RuntimeError):
     """The build cannot proceed (refused resume, bad options); the message says why and what to do."""
 
@@ -126,7 +132,7 @@ class BuildConfig:
             self,
             weights=self.weights or default_weights_path(self.teacher),
             data=self.data or os.environ.get(DATA_ENV) or "./data",
-            workers=self.workers if self.workers is not None else min(8, os.cpu_count() or 1),
+            workers=self.workers if self.workers is not None else default_workers(),
             views=self.views if self.views is not None or self.augment == "none" else 1,
         )
 

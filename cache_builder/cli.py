@@ -96,7 +96,7 @@ def _setup_logging() -> None:
 @click.option("--resize-size", type=int, default=None, help="Override the resize size (default input-size * 256/224).")
 @click.option("--split", "splits", multiple=True, help="Build only these splits (repeatable).")
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--workers", type=int, default=None, help="DataLoader workers (default min(8, CPU count)).")
+@click.option("--workers", type=int, default=None, help="DataLoader workers per process (default: CPU cores / local ranks, at most 8).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--backend", type=click.Choice(["zarr", "hdf5"]), default="zarr", show_default=True)
