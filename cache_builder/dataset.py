@@ -1,0 +1,130 @@
+"""Reading images of an ``ImageList`` for the teacher: decoding with named errors, the uint8
+preprocessing, seeded augmented views, a pre-scan for unreadable images (``--skip-bad``), and a
+batch sampler whose batches never cross a store shard (so a resumed build recomputes exactly
+the batches of an uninterrupted one)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from cache_builder.image_list import ImageList
+from cache_builder.transforms import RRCViews, Uint8Transform
+
+
+class BadImageError(RuntimeError):
+    """An image file that cannot be read or decoded."""
+
+
+def decode_image(path: str) -> object:
+    """Decode ``path`` fully into an RGB PIL image; ``BadImageError`` names the file otherwise."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        raise BadImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+
+
+class ImageDataset(Dataset):
+    """Images ``indices`` (dataset indices into ``images``), in that order.
+
+    Item ``pos`` is ``(index, image, crops)``:
+      * center crop: image uint8 ``(3, S, S)``, crops an empty float tensor;
+      * ``views``: image uint8 ``(V, 3, S, S)``, crops float32 ``(V, 5)`` (see ``transforms.CROP_COLUMNS``);
+      * ``raw=True`` (GPU decoding): image is the file's bytes, uint8 ``(L,)``.
+    """
+
+    def __init__(self, images: ImageList, indices: Sequence[int], transform: Uint8Transform,
+                 views: RRCViews | None = None, raw: bool = False) -> None:
+        self.images = images
+        self.indices = list(indices)
+        self.transform = transform
+        self.views = views
+        self.raw = raw
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, pos: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        index = self.indices[pos]
+        path = self.images.absolute(index)
+        if self.raw:
+            from torchvision.io import read_file
+
+            try:
+                return index, read_file(path), torch.empty(0)
+            except Exception as e:
+                raise BadImageError(f"{path}: cannot read file ({e})") from None
+        img = decode_image(path)
+        if self.views is not None:
+            views, crops = self.views(img, index)
+            return index, views, crops
+        return index, self.transform(img), torch.empty(0)
+
+
+def collate_raw(items: list[tuple[int, torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """Collate for ``raw`` items: indices ``(B,)``, a list of B byte tensors, empty crops."""
+    return torch.tensor([i for i, _, _ in items]), [b for _, b, _ in items], torch.empty(0)
+
+
+class _ScanDataset(Dataset):
+    def __init__(self, images: ImageList) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> str:
+        try:
+            decode_image(self.images.absolute(i))
+            return ""
+        except BadImageError as e:
+            return str(e)
+
+
+def scan_bad_images(images: ImageList, workers: int = 0, progress: bool = False) -> list[dict[str, object]]:
+    """Decode every image once; ``[{"index", "path", "error"}]`` for those that fail (``--skip-bad``)."""
+    loader = DataLoader(_ScanDataset(images), batch_size=64, num_workers=workers, collate_fn=list)
+    bad: list[dict[str, object]] = []
+    it = loader
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(loader, desc="scan images", unit="batch")
+    pos = 0
+    for errors in it:
+        for err in errors:
+            if err:
+                bad.append({"index": pos, "path": images.paths[pos], "error": err})
+            pos += 1
+    return bad
+
+
+class ShardBatchSampler(Sampler[list[int]]):
+    """Batches of dataset positions, in order, that never cross a shard boundary.
+
+    ``shard_lengths`` are the row counts of the shards the dataset covers, in order; each
+    shard is cut into batches starting at its first row, so batch composition does not depend
+    on which other shards are built in the same run.
+    """
+
+    def __init__(self, shard_lengths: Sequence[int], batch_size: int) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.shard_lengths = list(shard_lengths)
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        offset = 0
+        for length in self.shard_lengths:
+            for start in range(0, length, self.batch_size):
+                yield list(range(offset + start, offset + min(start + self.batch_size, length)))
+            offset += length
+
+    def __len__(self) -> int:
+        return sum(-(-n // self.batch_size) for n in self.shard_lengths)
