@@ -193,6 +193,9 @@ def cluster(cfg: ClusterConfig) -> dict:
                             clusters=cfg.clusters, iterations=cfg.iterations, seed=cfg.seed, backend=backend, device=cfg.device)
     extra: dict = {"timings": {k: round(v, 4) for k, v in out["timings"].items()}}
     if cfg.confusion:
+        import os
+
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.confusion)), exist_ok=True)
         np.save(cfg.confusion, confusion_matrix(fs.val.labels, out["val_predictions"], fs.num_classes))
         extra["confusion_matrix"] = cfg.confusion
     if cfg.grid:
