@@ -87,8 +87,8 @@ class KnnConfig:
     temperature: float = 0.07
     backend: str = "auto"
     device: str | None = None
-    query_block: int = 4096
-    database_block: int = 262144
+    query_block: int = 1024
+    database_block: int = 131072
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -112,8 +112,8 @@ def knn_classify(
     temperature: float = 0.07,
     backend: str = "auto",
     device: str | None = None,
-    query_block: int = 4096,
-    database_block: int = 262144,
+    query_block: int = 1024,
+    database_block: int = 131072,
 ) -> dict[str, float]:
     """kNN accuracies of ``val`` against ``train`` under a protocol.
 

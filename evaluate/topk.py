@@ -46,16 +46,18 @@ def select_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     """Top ``k`` columns of each row of ``scores`` ``(Q, N)``, ties at the k-th value resolved
     towards smaller column numbers; returned ordered (score desc, column asc).
 
-    ``torch.topk`` alone picks arbitrarily among equal values at the boundary; rows that have
-    such a tie (rare with real features) are redone with an explicit rule.
+    ``torch.topk`` alone picks arbitrarily among equal values at the boundary. It is asked for
+    ``k + 1`` values; rows whose k-th and (k+1)-th values tie (rare with real features) are
+    redone with the explicit rule.
     """
     k = min(k, scores.shape[1])
-    values, cols = torch.topk(scores, k, dim=1)
-    kth = values[:, -1:]
-    tied_rows = ((scores >= kth).sum(dim=1) > k).nonzero().flatten()
+    probe = min(k + 1, scores.shape[1])
+    values, cols = torch.topk(scores, probe, dim=1)
+    tied_rows = (values[:, k - 1] == values[:, k]).nonzero().flatten() if probe > k else torch.empty(0, dtype=torch.long)
+    values, cols = values[:, :k].contiguous(), cols[:, :k].contiguous()
     if tied_rows.numel():
         sub = scores[tied_rows]
-        sub_kth = kth[tied_rows]
+        sub_kth = values[tied_rows, k - 1:k]
         above = sub > sub_kth
         equal = sub == sub_kth
         room = k - above.sum(dim=1, keepdim=True)
@@ -69,23 +71,39 @@ def select_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     return values.gather(1, order), cols.gather(1, order)
 
 
-def _torch_block_scores(queries: torch.Tensor, block: torch.Tensor, metric: Metric) -> torch.Tensor:
-    """``(Q, B)`` scores of ``queries`` ``(Q, D)`` against ``block`` ``(B, D)``."""
-    sims = queries @ block.T
+def _torch_block_scores(queries: torch.Tensor, block: torch.Tensor, metric: Metric, block_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """``(Q, B)`` ranking scores of ``queries`` ``(Q, D)`` against ``block`` ``(B, D)``.
+
+    ``ip``: the inner product. ``l2``: ``2 q.x - |x|^2``, i.e. minus the squared distance
+    up to the per-query constant ``|q|^2`` (added back by ``_l2_offset`` after selection).
+    """
     if metric == "ip":
-        return sims
-    q2 = (queries * queries).sum(dim=1, keepdim=True)
-    b2 = (block * block).sum(dim=1)
-    return -(q2 + b2[None, :] - 2 * sims)
+        return queries @ block.T
+    if block_sq is None:
+        block_sq = (block * block).sum(dim=1)
+    return torch.addmm(-block_sq[None, :], queries, block.T, alpha=2.0)
 
 
-def _faiss_block_topk(queries: np.ndarray, block: np.ndarray, k: int, metric: Metric) -> tuple[torch.Tensor, torch.Tensor]:
-    """FAISS flat search of ``queries`` ``(Q, D)`` in ``block`` ``(B, D)``; rows whose
-    ``k``-th and ``k+1``-th results tie are recomputed with torch so the tie rule holds."""
+def _l2_offset(queries: torch.Tensor) -> torch.Tensor:
+    """``(Q, 1)`` ``-|q|^2``: turns ``2 q.x - |x|^2`` into minus the squared distance."""
+    return -(queries * queries).sum(dim=1, keepdim=True)
+
+
+def _faiss_index(block: np.ndarray, metric: Metric, use_gpu: bool):
+    """A flat FAISS index holding ``block`` ``(B, D)`` (on GPU 0 with ``use_gpu``)."""
     import faiss
 
     index = faiss.IndexFlatIP(block.shape[1]) if metric == "ip" else faiss.IndexFlatL2(block.shape[1])
+    if use_gpu:
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     index.add(block)
+    return index
+
+
+def _faiss_block_topk(index, queries: np.ndarray, block: np.ndarray, k: int, metric: Metric) -> tuple[torch.Tensor, torch.Tensor]:
+    """FAISS flat search of ``queries`` ``(Q, D)`` in ``index`` holding ``block`` ``(B, D)``;
+    rows whose ``k``-th and ``k+1``-th results tie are recomputed with torch so the tie rule
+    holds."""
     probe = min(k + 1, block.shape[0])
     dist, idx = index.search(queries, probe)
     scores = torch.from_numpy(dist if metric == "ip" else -dist)
@@ -102,9 +120,9 @@ def _faiss_block_topk(queries: np.ndarray, block: np.ndarray, k: int, metric: Me
     order = torch.argsort(scores, dim=1, descending=True, stable=True)
     scores, cols = scores.gather(1, order), cols.gather(1, order)
     if tied.numel():
-        exact = _torch_block_scores(torch.from_numpy(queries[tied.numpy()]), torch.from_numpy(block), metric)
-        s, c = select_topk(exact, kk)
-        scores[tied], cols[tied] = s, c
+        q = torch.from_numpy(queries[tied.numpy()])
+        s, c = select_topk(_torch_block_scores(q, torch.from_numpy(block), metric), kk)
+        scores[tied], cols[tied] = (s + _l2_offset(q) if metric == "l2" else s), c
     return scores, cols
 
 
@@ -147,8 +165,8 @@ def search(
     metric: Metric = "l2",
     backend: Backend = "auto",
     device: str | None = None,
-    query_block: int = 4096,
-    database_block: int = 262144,
+    query_block: int = 1024,
+    database_block: int = 131072,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours of every query, deterministic ties (see module docstring).
 
@@ -193,14 +211,18 @@ def search(
         if block.ndim != 2 or block.shape[1] != queries.shape[1]:
             raise ValueError(f"database rows have shape {block.shape[1:]}, queries have dimension {queries.shape[1]}")
         block_t = torch.from_numpy(block).to(device) if backend == "torch" else None
+        block_sq = (block_t * block_t).sum(dim=1) if block_t is not None and metric == "l2" else None
+        index = _faiss_index(block, metric, device.startswith("cuda")) if backend == "faiss" else None
         for q0 in range(0, q_count, query_block):
             q = queries[q0:q0 + query_block]
             if backend == "torch":
-                scores = _torch_block_scores(torch.from_numpy(q).to(device), block_t, metric)
-                s, c = select_topk(scores, k)
+                q_t = torch.from_numpy(q).to(device)
+                s, c = select_topk(_torch_block_scores(q_t, block_t, metric, block_sq), k)
+                if metric == "l2":
+                    s = s + _l2_offset(q_t)
                 s, c = s.cpu(), c.cpu()
             else:
-                s, c = _faiss_block_topk(q, block, k, metric)
+                s, c = _faiss_block_topk(index, q, block, k, metric)
             s, i = merge_topk(best_s[q0:q0 + query_block], best_i[q0:q0 + query_block], s, c + offset, k)
             best_s[q0:q0 + query_block], best_i[q0:q0 + query_block] = s, i
         seen += block.shape[0]
