@@ -105,7 +105,7 @@ def _default_out(command: str, protocol: str, model: str | None) -> str:
 @click.option("--temperature", type=float, default=0.07, show_default=True, help="DINO vote temperature.")
 @click.option("--backend", type=click.Choice(["auto", "faiss", "torch"]), default="auto", show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
-@click.option("--query-block", type=int, default=1024, show_default=True)
+@click.option("--query-block", type=int, default=None, help="Queries per block (default: 1024 torch, 8192 faiss).")
 @click.option("--database-block", type=int, default=131072, show_default=True)
 def knn(features, model, data, feature_cache, image_size, extract_batch_size, workers, out, protocol, ks, temperature,
         backend, device, query_block, database_block) -> None:

@@ -87,7 +87,7 @@ class KnnConfig:
     temperature: float = 0.07
     backend: str = "auto"
     device: str | None = None
-    query_block: int = 1024
+    query_block: int | None = None
     database_block: int = 131072
 
     def __post_init__(self) -> None:
@@ -112,7 +112,7 @@ def knn_classify(
     temperature: float = 0.07,
     backend: str = "auto",
     device: str | None = None,
-    query_block: int = 1024,
+    query_block: int | None = None,
     database_block: int = 131072,
 ) -> dict[str, float]:
     """kNN accuracies of ``val`` against ``train`` under a protocol.

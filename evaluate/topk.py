@@ -127,8 +127,9 @@ def _faiss_block_topk(index, queries: np.ndarray, block: np.ndarray, k: int, met
 
 
 def resolve_backend(backend: Backend, device: str | None) -> tuple[str, str]:
-    """``(backend, device)`` actually used. ``auto``: FAISS on CPU (or GPU with faiss-gpu),
-    torch when a CUDA device is asked and FAISS has no GPU support."""
+    """``(backend, device)`` actually used. ``auto``: FAISS on a CUDA device when faiss-gpu
+    is installed, torch otherwise (on CPU the torch path measured faster than FAISS flat
+    search, see ``bench/RESULTS.md``)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if device is None:
@@ -142,7 +143,7 @@ def resolve_backend(backend: Backend, device: str | None) -> tuple[str, str]:
             except ImportError:
                 backend = "torch"
         else:
-            backend = "faiss"
+            backend = "torch"
     if backend == "faiss" and device.startswith("cuda"):
         import faiss
 
@@ -165,7 +166,7 @@ def search(
     metric: Metric = "l2",
     backend: Backend = "auto",
     device: str | None = None,
-    query_block: int = 1024,
+    query_block: int | None = None,
     database_block: int = 131072,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours of every query, deterministic ties (see module docstring).
@@ -178,7 +179,9 @@ def search(
         metric: ``"l2"`` or ``"ip"``.
         backend: ``"torch"``, ``"faiss"`` or ``"auto"``.
         device: torch device for the torch backend (default: CUDA when available).
-        query_block: queries per block. database_block: database rows per block.
+        query_block: queries per block (default 1024 for torch, whose score block is
+            ``query_block x database_block`` floats, and 8192 for FAISS, which blocks itself).
+        database_block: database rows per block.
     Returns:
         ``(Q, k)`` float32 scores (minus squared distance for l2) and ``(Q, k)`` int64 indices.
     Raises:
@@ -188,7 +191,7 @@ def search(
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if query_block < 1 or database_block < 1:
+    if (query_block is not None and query_block < 1) or database_block < 1:
         raise ValueError("query_block and database_block must be >= 1")
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if queries.ndim != 2:
@@ -202,6 +205,8 @@ def search(
     else:
         blocks = database
     backend, device = resolve_backend(backend, device)
+    if query_block is None:
+        query_block = 1024 if backend == "torch" else 8192
     q_count = queries.shape[0]
     best_s = torch.full((q_count, k), float("-inf"))
     best_i = torch.full((q_count, k), -1, dtype=torch.long)
