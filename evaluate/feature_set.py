@@ -1,0 +1,135 @@
+"""Evaluation inputs: the train and val features (and labels) read from a features directory.
+
+A features directory is what ``compress-cache`` or ``compress-eval features`` writes: one store
+per split, ``DIR/train`` and ``DIR/val``. Each split is read once, whole, into RAM
+(``Store.load_all``), L2-normalised in float32, and checked: complete store, non-empty,
+labelled, same dimension in train and val.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class FeatureError(ValueError):
+    """The features cannot be evaluated (missing split, empty, unlabelled, mismatched dims)."""
+
+
+@dataclass(frozen=True)
+class FeatureSplit:
+    """One split of evaluation features.
+
+    Attributes:
+        features: ``(N, D)`` float32, rows L2-normalised.
+        labels: ``(N,)`` int64 class ids (``-1`` = unknown).
+        paths: N relative image paths (empty strings when the store has none).
+        source: the store path it was read from.
+        fingerprint: sha256 over the store's shape, dtype and shard checksums.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+    source: str
+    fingerprint: str
+
+    @property
+    def n(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def d(self) -> int:
+        return int(self.features.shape[1])
+
+    def describe(self) -> dict:
+        """JSON-ready summary: path, size, dimension, fingerprint."""
+        return {"path": self.source, "n": self.n, "d": self.d, "fingerprint": self.fingerprint}
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Train and val splits of one features directory."""
+
+    train: FeatureSplit
+    val: FeatureSplit
+    root: str
+
+    @property
+    def num_classes(self) -> int:
+        """``1 + max label`` over both splits."""
+        return int(max(self.train.labels.max(), self.val.labels.max())) + 1
+
+    def describe(self) -> dict:
+        return {"dir": self.root, "train": self.train.describe(), "val": self.val.describe()}
+
+
+def store_fingerprint(store) -> str:
+    """sha256 of a complete store's shape, dtype and shard checksums (hex, 64 chars)."""
+    m = store.manifest
+    h = hashlib.sha256(f"{m.n}:{m.d}:{m.dtype}:{m.views}".encode())
+    for rec in m.shards:
+        h.update(f"|{rec.start}-{rec.stop}:{rec.checksum}".encode())
+    return h.hexdigest()
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` ``(N, D)`` scaled to unit L2 norm (zero rows stay zero), float32."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def load_split(path: str, *, require_labels: bool = True) -> FeatureSplit:
+    """Read one split store whole into RAM.
+
+    Args:
+        path: a store directory (e.g. ``cache/train``).
+        require_labels: refuse a split whose labels are all ``-1``.
+    Raises:
+        storage.StoreIncompleteError: the store has missing shards.
+        FeatureError: empty store, multi-view store, or no labels.
+    """
+    from storage import open_store
+
+    store = open_store(path)
+    store.require_complete("evaluation")
+    if store.n == 0:
+        raise FeatureError(f"{path}: the split is empty (0 rows); nothing to evaluate")
+    if store.views is not None:
+        raise FeatureError(f"{path}: a multi-view store {store.shape} cannot be evaluated; expected (N, D) rows")
+    features = l2_normalize(store.load_all())
+    meta = store.load_metadata()
+    if require_labels and bool((meta.labels < 0).all()):
+        raise FeatureError(
+            f"{path}: no labels (every label is -1); evaluation needs a labelled split "
+            "(build the cache from an ImageFolder-style dataset)"
+        )
+    return FeatureSplit(features, meta.labels.astype(np.int64), list(meta.paths), path, store_fingerprint(store))
+
+
+def load_feature_set(root: str) -> FeatureSet:
+    """Read ``root/train`` and ``root/val``.
+
+    Raises:
+        storage.NotAStoreError: a split store is missing.
+        FeatureError: a split is empty or unlabelled, or train and val dimensions differ.
+    """
+    from storage import NotAStoreError
+
+    splits = {}
+    for name in ("train", "val"):
+        path = os.path.join(root, name)
+        if not os.path.isdir(path):
+            raise NotAStoreError(f"{root}: no {name} split (expected a store at {path})")
+        splits[name] = load_split(path)
+    train, val = splits["train"], splits["val"]
+    if train.d != val.d:
+        raise FeatureError(
+            f"{root}: train features have dimension {train.d} but val features have {val.d}; "
+            "both splits must come from the same model"
+        )
+    return FeatureSet(train, val, root)

@@ -1,0 +1,180 @@
+"""k-nearest-neighbour classification of val features by train features (DESIGN.md section 4).
+
+Protocols (they are not interchangeable; every result records its protocol):
+
+* ``compress`` (CompRess, ISD, MSF): L2 distance, unweighted majority vote, k = 1 ("NN") and
+  20. **Tie-break**: among the classes with the most votes, the class of the nearest
+  neighbour wins. Neighbours themselves are ordered by distance, then by smaller train index.
+* ``dino`` (DINO, solo-learn): cosine similarity, votes weighted by ``exp(sim / T)`` with
+  T = 0.07, k in {10, 20, 100, 200}; top-1 and top-5. Classes with equal weight are ranked by
+  smaller class id.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from evaluate.topk import search
+
+PROTOCOLS = {
+    "compress": {"metric": "l2", "ks": (1, 20), "vote": "majority"},
+    "dino": {"metric": "ip", "ks": (10, 20, 100, 200), "vote": "weighted", "temperature": 0.07},
+}
+
+
+def majority_vote(neighbour_labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Unweighted majority vote; ties go to the class of the nearest neighbour among them.
+
+    Args:
+        neighbour_labels: ``(Q, k)`` int64, nearest first.
+        num_classes: C.
+    Returns:
+        ``(Q,)`` int64 predicted classes.
+    """
+    labels = torch.from_numpy(np.ascontiguousarray(neighbour_labels, dtype=np.int64))
+    q, k = labels.shape
+    counts = torch.zeros((q, num_classes), dtype=torch.long).scatter_add_(1, labels, torch.ones_like(labels))
+    ranks = torch.arange(k).expand(q, k).contiguous()
+    first = torch.full((q, num_classes), k, dtype=torch.long).scatter_reduce_(1, labels, ranks, "amin")
+    key = counts * (k + 1) + (k - first)
+    return key.argmax(dim=1).numpy()
+
+
+def weighted_vote(
+    neighbour_labels: np.ndarray, neighbour_sims: np.ndarray, num_classes: int, temperature: float = 0.07, top: int = 5
+) -> np.ndarray:
+    """DINO vote: class scores ``sum exp(sim / T)`` over the neighbours of that class.
+
+    Args:
+        neighbour_labels: ``(Q, k)`` int64.
+        neighbour_sims: ``(Q, k)`` cosine similarities.
+        temperature: T > 0.
+        top: how many ranked classes to return.
+    Returns:
+        ``(Q, min(top, C))`` classes by decreasing score, equal scores by smaller class id.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    labels = torch.from_numpy(np.ascontiguousarray(neighbour_labels, dtype=np.int64))
+    sims = torch.from_numpy(np.ascontiguousarray(neighbour_sims, dtype=np.float64))
+    # subtracting the row maximum scales every class score of a row alike (no overflow)
+    weights = torch.exp((sims - sims.max(dim=1, keepdim=True).values) / temperature)
+    scores = torch.zeros((labels.shape[0], num_classes), dtype=torch.float64).scatter_add_(1, labels, weights)
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    return order[:, : min(top, num_classes)].numpy()
+
+
+@dataclass(frozen=True)
+class KnnConfig:
+    """kNN evaluation.
+
+    Attributes:
+        features: features directory with ``train`` and ``val`` stores.
+        protocol: ``"compress"`` or ``"dino"``.
+        ks: neighbour counts (default: the protocol's).
+        temperature: DINO vote temperature.
+        backend: ``"auto"``, ``"faiss"`` or ``"torch"``. device: torch device.
+        query_block / database_block: block sizes of the search.
+    """
+
+    features: str
+    protocol: str = "compress"
+    ks: tuple[int, ...] = ()
+    temperature: float = 0.07
+    backend: str = "auto"
+    device: str | None = None
+    query_block: int | None = None
+    database_block: int = 131072
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}")
+        if any(k < 1 for k in self.ks):
+            raise ValueError(f"every k must be >= 1, got {self.ks}")
+
+    @property
+    def resolved_ks(self) -> tuple[int, ...]:
+        return tuple(sorted(self.ks)) if self.ks else PROTOCOLS[self.protocol]["ks"]
+
+
+def knn_classify(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    val_features: np.ndarray,
+    val_labels: np.ndarray,
+    *,
+    protocol: str = "compress",
+    ks: tuple[int, ...] = (),
+    temperature: float = 0.07,
+    backend: str = "auto",
+    device: str | None = None,
+    query_block: int | None = None,
+    database_block: int = 131072,
+) -> dict[str, float]:
+    """kNN accuracies of ``val`` against ``train`` under a protocol.
+
+    Args:
+        train_features: ``(N, D)`` float32. train_labels: ``(N,)`` int64.
+        val_features: ``(Q, D)`` float32. val_labels: ``(Q,)`` int64.
+    Returns:
+        ``compress``: ``{"nn": top-1 % with k=1, "knn20": ...}`` (``knn{k}`` for k > 1);
+        ``dino``: ``{"knn{k}_top1": ..., "knn{k}_top5": ...}``.
+    Raises:
+        ValueError: mismatched dimensions or lengths, k larger than the train set.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+    spec = PROTOCOLS[protocol]
+    ks = tuple(sorted(ks)) if ks else spec["ks"]
+    if train_features.shape[1] != val_features.shape[1]:
+        raise ValueError(f"train features have dimension {train_features.shape[1]}, val features {val_features.shape[1]}")
+    if len(train_labels) != len(train_features) or len(val_labels) != len(val_features):
+        raise ValueError("each split needs one label per feature row")
+    if max(ks) > len(train_features):
+        raise ValueError(f"k = {max(ks)} is larger than the train set ({len(train_features)} rows)")
+    num_classes = int(max(train_labels.max(), val_labels.max())) + 1
+    sims, idx = search(
+        val_features, train_features, max(ks), metric=spec["metric"], backend=backend, device=device,
+        query_block=query_block, database_block=database_block,
+    )
+    neighbour_labels = np.asarray(train_labels)[idx]
+    metrics: dict[str, float] = {}
+    for k in ks:
+        if spec["vote"] == "majority":
+            pred = majority_vote(neighbour_labels[:, :k], num_classes)
+            metrics["nn" if k == 1 else f"knn{k}"] = 100.0 * float((pred == val_labels).mean())
+        else:
+            ranked = weighted_vote(neighbour_labels[:, :k], sims[:, :k], num_classes, temperature)
+            metrics[f"knn{k}_top1"] = 100.0 * float((ranked[:, 0] == val_labels).mean())
+            metrics[f"knn{k}_top5"] = 100.0 * float((ranked == val_labels[:, None]).any(axis=1).mean())
+    return metrics
+
+
+def knn(cfg: KnnConfig) -> dict:
+    """Run a kNN evaluation on a features directory; returns a result record (see
+    ``evaluate.results``)."""
+    from evaluate.feature_set import load_feature_set
+    from evaluate.results import make_result
+    from evaluate.topk import resolve_backend
+
+    start = time.perf_counter()
+    fs = load_feature_set(cfg.features)
+    backend, device = resolve_backend(cfg.backend, cfg.device)
+    metrics = knn_classify(
+        fs.train.features, fs.train.labels, fs.val.features, fs.val.labels,
+        protocol=cfg.protocol, ks=cfg.resolved_ks, temperature=cfg.temperature, backend=backend, device=device,
+        query_block=cfg.query_block, database_block=cfg.database_block,
+    )
+    params = {**asdict(cfg), **PROTOCOLS[cfg.protocol], "tie_break": TIE_BREAK[cfg.protocol]}
+    params["ks"] = list(cfg.resolved_ks)
+    return make_result("knn", cfg.protocol, metrics, params, fs, wall_time=time.perf_counter() - start, backend=f"{backend}:{device}")
+
+
+TIE_BREAK = {
+    "compress": "neighbours by (distance, train index); majority ties -> class of the nearest neighbour",
+    "dino": "neighbours by (similarity desc, train index); equal class weights -> smaller class id",
+}

@@ -1,0 +1,146 @@
+"""Resolving a model argument to a frozen backbone, its preprocessing and its identity.
+
+Accepted forms:
+
+* ``teacher:NAME:WEIGHTS`` — a registry teacher (``cache_builder.teachers.load_teacher``);
+* ``torchvision:ARCH[:WEIGHTS]`` — any torchvision classification model, classifier replaced
+  by ``Identity``; WEIGHTS is a state-dict file (strict loading), random weights (seed 0)
+  without it. Preprocessing: ImageNet mean/std, Resize(size * 256/224) + CenterCrop(size);
+* a student run directory or an exported ``.pth`` (``distill.export.load_student``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HEAD_ATTRIBUTES = ("fc", "classifier", "heads", "head")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A backbone ready for feature extraction.
+
+    Attributes:
+        module: maps ``(B, 3, H, W)`` float images to ``(B, D)`` features (eval mode).
+        transform: PIL image -> ``(3, H, W)`` tensor.
+        identity: JSON-ready description (kind, name, weights checksum, preprocessing).
+        run_dir: the student run directory, when the model is one.
+    """
+
+    module: Any
+    transform: Callable
+    identity: dict[str, Any] = field(default_factory=dict)
+    run_dir: str | None = None
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def center_crop_transform(image_size: int = 224) -> Callable:
+    """Resize(image_size * 256 / 224) + CenterCrop(image_size) + ImageNet mean/std."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.Resize(round(image_size * 256 / 224)),
+        transforms.CenterCrop(image_size),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def _strip_head(model: Any, arch: str) -> Any:
+    from torch import nn
+
+    for name in HEAD_ATTRIBUTES:
+        if isinstance(getattr(model, name, None), nn.Module):
+            setattr(model, name, nn.Identity())
+            return model
+    raise ValueError(f"torchvision:{arch}: no classifier attribute among {HEAD_ATTRIBUTES} to replace")
+
+
+def load_torchvision(arch: str, weights: str | None = None, image_size: int | None = None) -> ResolvedModel:
+    """A torchvision classification model without its head."""
+    import torch
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if arch not in known:
+        raise ValueError(f"torchvision:{arch}: unknown architecture; known: {', '.join(sorted(known))}")
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(arch, weights=None)
+    if weights:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    model = _strip_head(model, arch).eval()
+    size = image_size or 224
+    identity = {
+        "kind": "torchvision", "name": arch,
+        "weights": os.path.abspath(weights) if weights else "random (seed 0)",
+        "weights_sha256": file_sha256(weights) if weights else None,
+        "preprocessing": f"Resize({round(size * 256 / 224)}) CenterCrop({size}) ImageNet mean/std",
+    }
+    return ResolvedModel(model, center_crop_transform(size), identity)
+
+
+def load_registry_teacher(name: str, weights: str) -> ResolvedModel:
+    """A teacher from ``cache_builder``'s registry with its checkpoint."""
+    from cache_builder.teachers import load_teacher
+
+    module, spec = load_teacher(name, weights)
+    identity = {"kind": "teacher", "name": name, "weights": os.path.abspath(weights),
+                "weights_sha256": file_sha256(weights), "preprocessing": repr(spec.eval_transform())}
+    return ResolvedModel(module.eval(), spec.eval_transform(), identity)
+
+
+def load_student_model(path: str) -> ResolvedModel:
+    """A student run directory or exported ``.pth`` (``distill.export.load_student``)."""
+    from distill.export import load_student
+
+    module, metadata = load_student(path)
+    files = [path] if os.path.isfile(path) else sorted(
+        os.path.join(path, f) for f in os.listdir(path) if f.endswith((".pth", ".pt"))
+    )
+    h = hashlib.sha256()
+    for f in files:
+        h.update(file_sha256(f).encode())
+    identity = {"kind": "student", "name": os.path.basename(os.path.normpath(path)), "path": os.path.abspath(path),
+                "weights_sha256": h.hexdigest(), "preprocessing": repr(metadata["eval_transform"]),
+                "metadata": {k: v for k, v in metadata.items() if isinstance(v, (str, int, float, bool))}}
+    return ResolvedModel(module.eval(), metadata["eval_transform"], identity, path if os.path.isdir(path) else None)
+
+
+def resolve_model(spec: str, *, image_size: int | None = None) -> ResolvedModel:
+    """Resolve a ``--model`` argument (see module docstring).
+
+    Raises:
+        ValueError: a malformed spec or a path that does not exist.
+    """
+    if spec.startswith("teacher:"):
+        parts = spec.split(":", 2)
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            raise ValueError(f"{spec!r}: expected teacher:NAME:WEIGHTS")
+        if not os.path.isfile(parts[2]):
+            raise ValueError(f"{spec!r}: weights file {parts[2]} does not exist")
+        return load_registry_teacher(parts[1], parts[2])
+    if spec.startswith("torchvision:"):
+        parts = spec.split(":", 2)
+        if not parts[1]:
+            raise ValueError(f"{spec!r}: expected torchvision:ARCH[:WEIGHTS]")
+        weights = parts[2] if len(parts) == 3 and parts[2] else None
+        if weights and not os.path.isfile(weights):
+            raise ValueError(f"{spec!r}: weights file {weights} does not exist")
+        return load_torchvision(parts[1], weights, image_size)
+    if os.path.exists(spec):
+        return load_student_model(spec)
+    raise ValueError(f"{spec!r}: not a student run dir or .pth, nor teacher:NAME:WEIGHTS, nor torchvision:ARCH[:WEIGHTS]")

@@ -1,0 +1,85 @@
+"""The compress-eval commands end to end on tiny stores and a tiny image folder."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from evaluate.cli import main
+from tests.evaluate.stores import write_feature_dir, write_store
+
+
+@pytest.fixture
+def feature_dir(tmp_path) -> str:
+    return write_feature_dir(str(tmp_path / "feats"))
+
+
+def run(args: list[str], cwd: str | None = None):
+    runner = CliRunner()
+    if cwd:
+        old = os.getcwd()
+        os.chdir(cwd)
+    try:
+        return runner.invoke(main, args, catch_exceptions=False)
+    finally:
+        if cwd:
+            os.chdir(old)
+
+
+@pytest.mark.parametrize("protocol", ["compress", "dino"])
+def test_knn_writes_result_with_protocol_and_fingerprints(feature_dir, tmp_path, protocol) -> None:
+    out = str(tmp_path / "r.json")
+    ks = ["-k", "1", "-k", "20"] if protocol == "compress" else ["-k", "10", "-k", "20"]
+    res = run(["knn", "--features", feature_dir, "--protocol", protocol, *ks, "--out", out])
+    assert res.exit_code == 0, res.output
+    result = json.load(open(out))
+    assert result["protocol"] == protocol and result["params"]["ks"] in ([1, 20], [10, 20])
+    assert result["split_sizes"] == {"train": 120, "val": 30}
+    assert len(result["features"]["train"]["fingerprint"]) == 64
+    assert result["params"]["tie_break"] and result["backend"].startswith("torch")
+    first = next(iter(result["metrics"].values()))
+    assert first > 80.0  # separable blobs
+    assert "| metric | value (%) |" in res.output
+
+
+def test_knn_defaults_to_local_cache_and_says_so(tmp_path) -> None:
+    write_feature_dir(str(tmp_path / "cache"))
+    res = run(["knn"], cwd=str(tmp_path))
+    assert res.exit_code == 0, res.output
+    assert "evaluating ./cache (no --features given)" in res.output
+    assert os.path.exists(tmp_path / "eval-results" / "knn-compress.json")
+
+
+def test_knn_without_cache_is_a_usage_error(tmp_path) -> None:
+    res = run(["knn"], cwd=str(tmp_path))
+    assert res.exit_code != 0 and "there is no ./cache" in res.output
+
+
+def test_errors_are_one_line_messages(tmp_path) -> None:
+    write_store(str(tmp_path / "f" / "train"), np.ones((5, 4)), np.zeros(5, int))
+    write_store(str(tmp_path / "f" / "val"), np.ones((5, 4)), np.zeros(5, int))
+    res = run(["knn", "--features", str(tmp_path / "f"), "--out", str(tmp_path / "r.json")])
+    assert res.exit_code == 1 and "k = 20 is larger than the train set (5 rows)" in res.output
+
+
+def test_linear_and_cluster_and_report(feature_dir, tmp_path) -> None:
+    lin, clu = str(tmp_path / "lin.json"), str(tmp_path / "clu.json")
+    assert run(["linear", "--features", feature_dir, "--epochs", "5", "--out", lin]).exit_code == 0
+    res = run(["cluster", "--features", feature_dir, "--clusters", "4", "--out", clu])
+    assert res.exit_code == 0, res.output
+    assert json.load(open(clu))["params"]["clusters"] == 4
+    assert np.load(str(tmp_path / "clu-confusion.npy")).sum() == 30
+    chart = str(tmp_path / "chart.png")
+    res = run(["report", lin, clu, "--chart", chart])
+    assert res.exit_code == 0, res.output
+    assert "linear/compress-fast/linear_top1" in res.output and "cluster/compress/cluster_acc" in res.output
+    assert open(chart, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_full_linear_protocol_says_it_is_missing(feature_dir) -> None:
+    res = run(["linear", "--features", feature_dir, "--full"])
+    assert res.exit_code == 1 and "not implemented yet" in res.output

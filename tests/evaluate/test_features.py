@@ -1,0 +1,131 @@
+"""Feature extraction from an image folder, cache reuse and invalidation."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from evaluate.features import FeaturesConfig, cached_features, extract_features
+from evaluate.feature_set import load_feature_set
+from evaluate.image_folder import list_split
+from evaluate.models import resolve_model
+from storage import StoreMismatchError
+
+
+def make_image_folder(root: str, per_class: dict[str, int] | None = None) -> str:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    per_class = per_class or {"train": 3, "val": 2}
+    for split, n in per_class.items():
+        for c, cls in enumerate(["cat", "dog"]):
+            os.makedirs(os.path.join(root, split, cls), exist_ok=True)
+            for i in range(n):
+                pixels = (rng.integers(0, 60, (20, 24, 3)) + 150 * c).astype(np.uint8)
+                Image.fromarray(pixels).save(os.path.join(root, split, cls, f"{i}.png"))
+    return root
+
+
+MODEL = "torchvision:resnet18"
+OPTS = dict(image_size=16, batch_size=4)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_listing_is_sorted_and_labelled(tmp_path) -> None:
+    root = make_image_folder(str(tmp_path / "data"))
+    listing = list_split(root, "val")
+    assert listing.paths == ("val/cat/0.png", "val/cat/1.png", "val/dog/0.png", "val/dog/1.png")
+    assert listing.labels == (0, 0, 1, 1) and listing.classes == ("cat", "dog")
+
+
+def test_extract_writes_normalised_labelled_stores_and_reuses(tmp_path) -> None:
+    root = make_image_folder(str(tmp_path / "data"))
+    out = str(tmp_path / "feats")
+    info = extract_features(FeaturesConfig(model=MODEL, data=root, out=out, **OPTS))
+    assert not info["reused"] and info["split_sizes"] == {"train": 6, "val": 4}
+    fs = load_feature_set(out)
+    assert fs.train.d == 512 and fs.train.paths[0] == "train/cat/0.png"
+    np.testing.assert_array_equal(fs.train.labels, [0, 0, 0, 1, 1, 1])
+    np.testing.assert_allclose(np.linalg.norm(fs.val.features, axis=1), 1.0, atol=2e-3)
+    # matches the model run directly on the first image
+    model = resolve_model(MODEL, image_size=16)
+    from PIL import Image
+
+    with Image.open(os.path.join(root, "train/cat/0.png")) as img, torch.no_grad():
+        direct = torch.nn.functional.normalize(model.module(model.transform(img.convert("RGB"))[None]), dim=1)[0].numpy()
+    np.testing.assert_allclose(fs.train.features[0], direct, atol=2e-3)
+    again = extract_features(FeaturesConfig(model=MODEL, data=root, out=out, **OPTS))
+    assert again["reused"] and again["fingerprint"] == info["fingerprint"]
+    assert json.load(open(os.path.join(out, "features.json")))["reused"] is True
+
+
+def test_other_model_into_same_out_is_refused(tmp_path) -> None:
+    root = make_image_folder(str(tmp_path / "data"))
+    out = str(tmp_path / "feats")
+    extract_features(FeaturesConfig(model=MODEL, data=root, out=out, **OPTS))
+    with pytest.raises(StoreMismatchError, match="fingerprint"):
+        extract_features(FeaturesConfig(model=MODEL, data=root, out=out, image_size=24, batch_size=4))
+
+
+def test_cache_reuse_and_invalidation(tmp_path) -> None:
+    root = make_image_folder(str(tmp_path / "data"))
+    cache = str(tmp_path / "cache")
+    first = cached_features(MODEL, root, cache, **OPTS)
+    second = cached_features(MODEL, root, cache, **OPTS)
+    assert second["reused"] and second["out"] == first["out"]
+    # data change: a new image -> new fingerprint, re-extracted elsewhere
+    make_image_folder(root, {"val": 3})
+    third = cached_features(MODEL, root, cache, **OPTS)
+    assert not third["reused"] and third["out"] != first["out"] and third["split_sizes"]["val"] == 6
+    # model change: other weights -> re-extracted
+    weights = str(tmp_path / "w.pth")
+    import torchvision
+
+    torch.manual_seed(1)
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    fourth = cached_features(f"{MODEL}:{weights}", root, cache, **OPTS)
+    assert not fourth["reused"] and fourth["out"] not in (first["out"], third["out"])
+
+
+def test_bad_model_specs(tmp_path) -> None:
+    with pytest.raises(ValueError, match="unknown architecture"):
+        resolve_model("torchvision:nonet")
+    with pytest.raises(ValueError, match="expected teacher:NAME:WEIGHTS"):
+        resolve_model("teacher:moco")
+    with pytest.raises(ValueError, match="not a student run dir"):
+        resolve_model(str(tmp_path / "nothing"))
+
+
+def test_empty_split_folder_is_refused(tmp_path) -> None:
+    root = make_image_folder(str(tmp_path / "data"), {"train": 2})
+    os.makedirs(os.path.join(root, "val", "cat"))
+    with pytest.raises(ValueError, match="val: the split is empty"):
+        list_split(root, "val")
+
+
+def test_cli_model_data_caches_under_run_and_reuses(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from evaluate.cli import main
+
+    root = make_image_folder(str(tmp_path / "data"))
+    args = ["knn", "--model", MODEL, "--data", root, "--image-size", "16", "--feature-cache", str(tmp_path / "fc"),
+            "-k", "1", "-k", "3", "--out", str(tmp_path / "r.json")]
+    first = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    assert "extracted features" in first.output
+    second = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert "reusing features" in second.output
+    result = json.load(open(tmp_path / "r.json"))
+    assert result["model"]["name"] == "resnet18" and result["split_sizes"] == {"train": 6, "val": 4}
