@@ -1,0 +1,429 @@
+"""Training engine: ``run(DistillConfig)`` trains a student with the CompRess objective.
+
+Per step: uint8 batch -> device -> normalise -> student (and key student) forward under
+autocast -> gather cached teacher rows -> loss against the banks -> SGD step -> EMA of the
+key student -> enqueue the (all-gathered) batch. Losses stay on the device and are read only
+every ``log_every`` steps. Checkpoints (atomic, every ``ckpt_every`` steps and every epoch)
+hold everything needed to continue exactly; rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from distill import distributed as D
+from distill.checkpoint import load_checkpoint, save_atomic
+from distill.data import AugmentedImages, CenterCropImages, normalise
+from distill.objective import VARIANTS, CompRessObjective
+from distill.students import Student, build_student, eval_transform_recipe
+from distill.targets import TeacherTargets, load_targets
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+# fields that do not change what is trained (so they may differ on resume)
+RUNTIME_FIELDS = ("out", "workers", "log_every", "ckpt_every", "max_steps", "device", "compile", "fresh", "progress", "shared_cache")
+
+
+class RunMismatchError(ValueError):
+    """The output directory holds a run of another config or cache."""
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Everything a distillation run depends on (defaults = the paper's recipe)."""
+
+    cache: str = "./cache"
+    data: str | None = None
+    out: str | None = None
+    student: str = "resnet18"
+    dim: int = 128
+    variant: str = "2q-momentum"
+    bank_size: int = 128_000
+    t_teacher: float = 0.04
+    t_student: float = 0.04
+    momentum: float = 0.999
+    epochs: int = 130
+    batch_size: int = 256
+    lr: float = 0.01
+    sgd_momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "step"
+    lr_steps: tuple[int, ...] = (90, 120)
+    lr_gamma: float = 0.2
+    input_size: int | None = None
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    seed: int = 0
+    probe_size: int = 256
+    workers: int = 2
+    device: str = "auto"
+    log_every: int = 20
+    ckpt_every: int = 500
+    max_steps: int | None = None
+    compile: bool = False
+    fresh: bool = False
+    progress: bool = True
+    shared_cache: bool = False
+
+    def validate(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"--variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.schedule not in ("step", "cosine"):
+            raise ValueError(f"--schedule must be step or cosine, got {self.schedule!r}")
+        for name in ("epochs", "batch_size", "bank_size", "dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def learning_rate(cfg: DistillConfig, epoch: int, step_in_epoch: int, steps_per_epoch: int) -> float:
+    """Step schedule (x gamma at each milestone epoch) or cosine over all steps."""
+    if cfg.schedule == "cosine":
+        progress = (epoch * steps_per_epoch + step_in_epoch) / max(1, cfg.epochs * steps_per_epoch)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr * cfg.lr_gamma ** sum(epoch >= m for m in cfg.lr_steps)
+
+
+def fingerprint(cfg: DistillConfig, targets: TeacherTargets) -> str:
+    """Identity of a run: training-relevant config + the cache's shard checksums."""
+    fields = {k: v for k, v in cfg.to_json().items() if k not in RUNTIME_FIELDS and k not in ("cache", "data")}
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
+    for rec in targets.store.manifest.shards:
+        h.update(str(rec.checksum).encode())
+    h.update(targets.images.fingerprint().encode())
+    return h.hexdigest()[:24]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{D.local_rank()}" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """State of one run; ``train()`` runs it to the end (or to ``max_steps``)."""
+
+    def __init__(self, cfg: DistillConfig) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        D.init_from_env(self.device)
+        torch.manual_seed(cfg.seed)
+        self.targets = load_targets(cfg.cache, cfg.data or "", self.device, shared=cfg.shared_cache)
+        n = len(self.targets.images)
+        self.bank_size = min(cfg.bank_size, n)
+        if self.bank_size < cfg.bank_size:
+            log.warning("bank size %d > %d training images: using %d anchors", cfg.bank_size, n, self.bank_size)
+        self.student: Student = build_student(cfg.student, cfg.dim).to(self.device)
+        self.input_size = cfg.input_size or self.student.spec.input_size
+        self.key_student: Student | None = None
+        bank_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.objective = CompRessObjective(cfg.variant, self.targets.dim, cfg.dim, self.bank_size, cfg.t_teacher, cfg.t_student, bank_dtype).to(self.device)
+        if self.objective.uses_key_student:
+            self.key_student = copy.deepcopy(self.student)
+            for p in self.key_student.parameters():
+                p.requires_grad_(False)
+        params = list(self.student.parameters()) + list(self.objective.parameters())
+        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+        self.model = self.student
+        if D.world_size() > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            self.model = torch.compile(self.model)
+        self.world = D.world_size()
+        self.global_batch = cfg.batch_size * self.world
+        self.steps_per_epoch = n // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{n} training images are fewer than one batch of {self.global_batch}; lower --batch-size")
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.fingerprint = fingerprint(cfg, self.targets)
+        self.probe_rows = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[: min(cfg.probe_size, n)]
+
+    # ---- helpers ---------------------------------------------------------------------
+    def _loader(self, dataset: Any, batches: list[list[Any]]) -> DataLoader:
+        return DataLoader(dataset, batch_sampler=batches, num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False)
+
+    def _to_input(self, images: torch.Tensor) -> torch.Tensor:
+        x = normalise(images.to(self.device, non_blocking=True), self.student.spec.mean, self.student.spec.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+
+    def _autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    @torch.no_grad()
+    def embed_center_crops(self, model: Student, rows: torch.Tensor) -> torch.Tensor:
+        """Head outputs ``(R, dim)`` of ``model`` (eval mode) for centre crops of ``rows``."""
+        was_training = model.training
+        model.eval()
+        recipe = eval_transform_recipe(self.student.spec, self.input_size)
+        dataset = CenterCropImages(self.targets.images, recipe["crop"], recipe["resize"])
+        batches = [rows[i:i + self.cfg.batch_size].tolist() for i in range(0, len(rows), self.cfg.batch_size)]
+        out = []
+        for images, _ in self._loader(dataset, batches):
+            with self._autocast():
+                out.append(model(self._to_input(images)).float())
+        model.train(was_training)
+        return torch.cat(out)
+
+    def neighbour_agreement(self) -> float:
+        """Fraction of probe images whose nearest other probe is the same for teacher and student."""
+        rows = self.probe_rows
+        with torch.no_grad():
+            s = self.objective.student_query(self.embed_center_crops(self.student, rows))
+        t = self.targets.gather(rows).to(s.device)
+        sims_s, sims_t = s @ s.T, t @ t.T
+        sims_s.fill_diagonal_(-2)
+        sims_t.fill_diagonal_(-2)
+        return float((sims_s.argmax(1) == sims_t.argmax(1)).float().mean())
+
+    def init_banks(self) -> None:
+        """Fill the banks from real data: teacher rows of ``bank_size`` random images and the
+        (key) student's embeddings of the same images."""
+        rows = torch.randperm(len(self.targets.images), generator=torch.Generator().manual_seed(self.cfg.seed + 2))[: self.bank_size]
+        key = None
+        if self.objective.student_bank is not None:
+            key = self.embed_center_crops(self.key_student or self.student, rows)
+        self.objective.fill(self.targets.gather(rows), key, rows.to(self.device))
+
+    # ---- checkpoints ------------------------------------------------------------------
+    @property
+    def out(self) -> str:
+        return self.cfg.out or "."
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": "compress-distill-checkpoint/1",
+            "fingerprint": self.fingerprint,
+            "config": json.dumps(self.cfg.to_json(), default=str),
+            "student_name": self.cfg.student,
+            "student": self.student.state_dict(),
+            "key_student": self.key_student.state_dict() if self.key_student is not None else {},
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "teacher": str(self.targets.store.provenance.get("teacher", "unknown")),
+            "input_size": self.input_size,
+        }
+
+    def save(self) -> None:
+        if D.rank() == 0:
+            save_atomic(self.state(), os.path.join(self.out, CHECKPOINT))
+        D.barrier()
+
+    def try_resume(self) -> bool:
+        path = os.path.join(self.out, CHECKPOINT)
+        if not os.path.exists(path):
+            return False
+        ckpt = load_checkpoint(path)
+        if ckpt.get("fingerprint") != self.fingerprint:
+            if self.cfg.fresh:
+                return False
+            raise RunMismatchError(
+                f"{self.out} holds a run with a different config or cache (fingerprint {ckpt.get('fingerprint')} vs "
+                f"{self.fingerprint}); use another --out, or --fresh to start over there"
+            )
+        if self.cfg.fresh:
+            return False
+        self.student.load_state_dict(ckpt["student"])
+        if self.key_student is not None:
+            self.key_student.load_state_dict(ckpt["key_student"])
+        self.objective.load_state_dict(ckpt["objective"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        if torch.cuda.is_available() and ckpt["cuda_rng"]:
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+        self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
+        return True
+
+    # ---- training -----------------------------------------------------------------------
+    def epoch_batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """This rank's batches of ``(epoch, row)`` keys for ``epoch`` (seeded permutation)."""
+        perm = torch.randperm(len(self.targets.images), generator=torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch))
+        B, r = self.cfg.batch_size, D.rank()
+        batches = []
+        for s in range(self.steps_per_epoch):
+            chunk = perm[s * self.global_batch:(s + 1) * self.global_batch][r * B:(r + 1) * B]
+            batches.append([(epoch, int(i)) for i in chunk])
+        return batches
+
+    def train_step(self, images: torch.Tensor, rows: torch.Tensor, lr: float) -> torch.Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x = self._to_input(images)
+        rows = rows.to(self.device)
+        teacher = self.targets.gather(rows)
+        with self._autocast():
+            student_out = self.model(x)
+            loss = self.objective(student_out, teacher)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        key = None
+        if self.key_student is not None:
+            with torch.no_grad():
+                for pk, ps in zip(self.key_student.parameters(), self.student.parameters()):
+                    pk.mul_(self.cfg.momentum).add_(ps.detach(), alpha=1 - self.cfg.momentum)
+                for bk, bs in zip(self.key_student.buffers(), self.student.buffers()):
+                    bk.copy_(bs)
+                with self._autocast():
+                    key = self.key_student(x).float()  # BN in train mode, as the reference
+        elif self.objective.student_bank is not None:
+            key = student_out.detach().float()
+        self.objective.enqueue(D.all_gather_cat(teacher), None if key is None else D.all_gather_cat(key), D.all_gather_cat(rows))
+        return loss.detach()
+
+    def train(self) -> dict[str, Any]:
+        cfg = self.cfg
+        os.makedirs(self.out, exist_ok=True)
+        resumed = self.try_resume()
+        metrics_path = os.path.join(self.out, "metrics.jsonl")
+        if resumed:
+            _truncate_metrics(metrics_path, self.global_step)
+            log.info("resumed %s at epoch %d step %d", self.out, self.epoch, self.global_step)
+        else:
+            self.init_banks()
+            if D.rank() == 0:
+                open(metrics_path, "w").close()
+                self._log_metric(metrics_path, {"step": 0, "epoch": 0, "agreement": self.neighbour_agreement()})
+        self.student.train()
+        total_steps = cfg.epochs * self.steps_per_epoch
+        bar = None
+        if cfg.progress and D.rank() == 0:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total_steps, initial=self.global_step, desc=f"distill {cfg.student}", unit="step", dynamic_ncols=True)
+        pending: list[torch.Tensor] = []
+        last_time, last_step = time.perf_counter(), self.global_step
+        dataset = AugmentedImages(self.targets.images, self.input_size, cfg.crop_scale, cfg.seed)
+        stopped = False
+        while self.epoch < cfg.epochs and not stopped:
+            batches = self.epoch_batches(self.epoch)[self.step_in_epoch:]
+            for images, rows in self._loader(dataset, batches):
+                lr = learning_rate(cfg, self.epoch, self.step_in_epoch, self.steps_per_epoch)
+                pending.append(self.train_step(images, rows, lr))
+                self.step_in_epoch += 1
+                self.global_step += 1
+                if bar is not None:
+                    bar.update(1)
+                if self.global_step % cfg.log_every == 0:
+                    loss = float(torch.stack(pending).mean())  # the only host sync, every log_every steps
+                    pending.clear()
+                    now = time.perf_counter()
+                    rate = (self.global_step - last_step) * self.global_batch / max(now - last_time, 1e-9)
+                    last_time, last_step = now, self.global_step
+                    if D.rank() == 0:
+                        self._log_metric(metrics_path, {"step": self.global_step, "epoch": self.epoch, "loss": loss, "lr": lr, "img_per_s": rate})
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2g}", img_s=f"{rate:.0f}")
+                if self.global_step % cfg.ckpt_every == 0:
+                    self.save()
+                if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+                    stopped = True
+                    break
+            if not stopped:
+                self.epoch += 1
+                self.step_in_epoch = 0
+                if D.rank() == 0:
+                    self._log_metric(metrics_path, {"step": self.global_step, "epoch": self.epoch, "agreement": self.neighbour_agreement()})
+                self.save()
+        if bar is not None:
+            bar.close()
+        self.save()
+        if D.rank() == 0:
+            plot_loss_curve(metrics_path, os.path.join(self.out, "loss_curve.png"))
+        return {"out": self.out, "global_step": self.global_step, "epoch": self.epoch, "finished": self.epoch >= cfg.epochs}
+
+    @staticmethod
+    def _log_metric(path: str, record: dict[str, Any]) -> None:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+    """Drop metric lines logged after the checkpoint we resume from (they will be logged again)."""
+    if not os.path.exists(path):
+        return
+    keep = [line for line in open(path) if line.strip() and json.loads(line)["step"] <= step]
+    # the checkpoint's own step may have an agreement line logged before the kill; keep one copy
+    with open(path, "w") as f:
+        f.writelines(keep)
+
+
+def plot_loss_curve(metrics_path: str, png_path: str) -> None:
+    """Loss (and neighbour agreement) against step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in open(metrics_path) if line.strip()]
+    losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    agree = [(r["step"], r["agreement"]) for r in records if "agreement" in r]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if losses:
+        ax.plot(*zip(*losses), color="tab:blue", label="CompRess loss (KL)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if agree:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*agree), "o-", color="tab:orange", label="teacher-student NN agreement")
+        ax2.set_ylabel("neighbour agreement")
+        ax2.set_ylim(0, 1)
+        ax2.legend(loc="upper right")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(png_path + ".tmp.png", dpi=100)
+    plt.close(fig)
+    os.replace(png_path + ".tmp.png", png_path)
+
+
+def resolve_config(cfg: DistillConfig) -> DistillConfig:
+    """Fill ``data`` (from the cache manifest) and ``out`` (``./runs/<student>-from-<teacher>``)."""
+    from storage import open_store
+
+    from distill.targets import train_store_path
+
+    store = open_store(train_store_path(cfg.cache))
+    changes: dict[str, Any] = {}
+    if cfg.data is None:
+        data_root = store.provenance.get("data_root") or store.provenance.get("data")
+        if not data_root:
+            raise ValueError(f"{store.path}: the cache does not record its data root; pass --data")
+        changes["data"] = str(data_root)
+    if cfg.out is None:
+        teacher = str(store.provenance.get("teacher", "teacher"))
+        changes["out"] = os.path.join("runs", f"{cfg.student}-from-{teacher}")
+    return dataclasses.replace(cfg, **changes)
+
+
+def run(cfg: DistillConfig) -> dict[str, Any]:
+    """Resolve defaults, write ``config.json`` into the run dir and train (resuming if possible)."""
+    cfg = resolve_config(cfg)
+    trainer = Trainer(cfg)
+    os.makedirs(trainer.out, exist_ok=True)
+    if D.rank() == 0:
+        with open(os.path.join(trainer.out, "config.json"), "w") as f:
+            json.dump({**cfg.to_json(), "fingerprint": trainer.fingerprint}, f, indent=2, default=str)
+    return trainer.train()

@@ -1,0 +1,125 @@
+"""End-to-end distillation runs on a tiny synthetic image folder and cache (CPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from distill.engine import DistillConfig, RunMismatchError, run
+from distill.export import export_student, load_student
+from distill.targets import CacheMismatchError
+from tests.conftest import REPO_ROOT
+from tests.distill.synthetic import make_cache, make_images
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    data = make_images(str(root / "data"))
+    cache = make_cache(str(root / "cache"), data)
+    return root, data, cache
+
+
+def tiny(cache: str, out: str, **kw) -> DistillConfig:
+    base = dict(cache=cache, out=out, student="tiny_cnn", dim=16, input_size=16, bank_size=48, batch_size=16, epochs=6,
+                lr=0.1, lr_steps=(), crop_scale=(0.5, 1.0), workers=0, log_every=1, ckpt_every=1000, progress=False, probe_size=64)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+def losses(out: str) -> list[float]:
+    return [r["loss"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "loss" in r]
+
+
+def agreements(out: str) -> list[float]:
+    return [r["agreement"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "agreement" in r]
+
+
+@pytest.mark.parametrize("variant", ["1q", "2q", "2q-momentum"])
+def test_training_lowers_the_loss_and_raises_neighbour_agreement(setup, variant, tmp_path) -> None:
+    _, data, cache = setup
+    out = str(tmp_path / variant)
+    result = run(tiny(cache, out, variant=variant, momentum=0.9))
+    assert result["finished"] and result["epoch"] == 6
+    ls = losses(out)
+    assert len(ls) == 6 * 6  # 96 images / 16 per batch x 6 epochs, one line per step
+    assert sum(ls[-6:]) / 6 < 0.8 * sum(ls[:6]) / 6
+    ag = agreements(out)
+    assert ag[-1] > ag[0] + 0.05
+    assert os.path.isfile(os.path.join(out, "loss_curve.png")) and os.path.isfile(os.path.join(out, "config.json"))
+    assert json.load(open(os.path.join(out, "config.json")))["data"] == os.path.join(data, "train")
+
+
+def test_default_data_and_out_come_from_the_cache(setup, tmp_path, monkeypatch) -> None:
+    _, data, cache = setup
+    monkeypatch.chdir(tmp_path)
+    result = run(dataclasses.replace(tiny(cache, None), epochs=1, max_steps=2))
+    assert result["out"] == os.path.join("runs", "tiny_cnn-from-synthetic")
+    assert os.path.isfile(os.path.join(tmp_path, "runs", "tiny_cnn-from-synthetic", "checkpoint.pt"))
+
+
+def test_sigkill_then_rerun_gives_the_uninterrupted_loss_sequence(setup, tmp_path, python_env) -> None:
+    _, data, cache = setup
+    reference = str(tmp_path / "reference")
+    run(tiny(cache, reference, epochs=3, ckpt_every=2, variant="2q-momentum", momentum=0.9))
+    expected = losses(reference)
+    out = str(tmp_path / "killed")
+    cmd = [sys.executable, "-m", "distill.cli", "run", "--cache", cache, "--out", out, "--student", "tiny_cnn", "--dim", "16",
+           "--input-size", "16", "--bank-size", "48", "--batch-size", "16", "--epochs", "3", "--lr", "0.1", "--lr-steps", "",
+           "--crop-scale", "0.5,1.0", "--workers", "0", "--log-every", "1", "--ckpt-every", "2", "--momentum", "0.9"]
+    env = {**python_env, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = os.path.join(out, "metrics.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline and (not os.path.exists(metrics) or len(losses(out)) < 7):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = len(losses(out))
+    assert 7 <= killed_at < len(expected), "the kill must land mid-run"
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    got = losses(out)
+    assert len(got) == len(expected)
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_mismatched_cache_and_config_are_refused(setup, tmp_path) -> None:
+    root, data, cache = setup
+    other = make_images(str(tmp_path / "other"), per_class=20)
+    with pytest.raises(CacheMismatchError, match="does not match the images of"):
+        run(tiny(cache, str(tmp_path / "r"), data=other))
+    out = str(tmp_path / "run")
+    run(tiny(cache, out, epochs=1, max_steps=1))
+    with pytest.raises(RunMismatchError, match="different config or cache"):
+        run(tiny(cache, out, epochs=1, dim=8))
+    assert run(tiny(cache, out, epochs=1, dim=8, fresh=True))["finished"]
+
+
+def test_export_round_trip_into_plain_torchvision(setup, tmp_path) -> None:
+    import torchvision
+
+    _, data, cache = setup
+    out = str(tmp_path / "r18")
+    run(tiny(cache, out, student="resnet18", epochs=1, max_steps=1, variant="1q"))
+    meta = export_student(out, str(tmp_path / "r18.pth"))
+    assert meta["architecture"] == "resnet18" and meta["feature_dim"] == 512
+    state = torch.load(str(tmp_path / "r18.pth"), weights_only=True)
+    assert not any(k.startswith(("fc.", "head.", "module.", "projection")) for k in state)
+    model = torchvision.models.resnet18()
+    model.fc = torch.nn.Identity()
+    model.load_state_dict(state, strict=True)
+    backbone, meta2 = load_student(str(tmp_path / "r18.pth"))
+    from_run, _ = load_student(out)
+    x = torch.randn(2, 3, 16, 16)
+    model.eval()
+    assert torch.allclose(model(x), backbone(x), atol=1e-6) and torch.allclose(from_run(x), backbone(x), atol=1e-6)
+    assert meta2["eval_transform"]["crop"] == 16
