@@ -404,13 +404,19 @@ def _build_split(split: str, images: ImageList, cfg: BuildConfig, spec: TeacherS
     if cfg.progress and rank == 0:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(indices), desc=f"{split} [{spec.name}]", unit="img", dynamic_ncols=True)
+        all_pending = sum(b - a for a, b in map(writer.shard_rows, writer.pending_shards(0, 1)))
+        bar = tqdm(total=all_pending, desc=f"{split} [{spec.name}]", unit="img", dynamic_ncols=True)
     shard_iter = iter(zip(pending, ranges))
     buf: _ShardBuffer | None = None
     t0 = time.perf_counter()
     written = 0
+    seen = 0
     try:
         for idx, imgs, crops in loader:
+            if idx.tolist() != indices[seen:seen + len(idx)]:  # cheap guard on the row <-> image mapping
+                raise BuildError(f"{split}: the loader returned images {idx.tolist()[:4]}... where rows expect "
+                                 f"{indices[seen:seen + 4]}...; this is a bug, please report it")
+            seen += len(idx)
             if raw:
                 imgs = gpu_decoder(idx, imgs)  # type: ignore[misc]
             b = len(idx)
@@ -433,7 +439,7 @@ def _build_split(split: str, images: ImageList, cfg: BuildConfig, spec: TeacherS
                     written += e - s
                     buf = None
             if bar is not None:
-                bar.update(b * world)
+                bar.update(min(b * world, bar.total - bar.n))  # other ranks progress at about the same rate
                 el = time.perf_counter() - t0
                 bar.set_postfix_str(f"{bar.n / el:.0f} img/s" if el > 0 else "")
     finally:
