@@ -255,3 +255,14 @@ def test_cli_list_teachers_prints_every_entry() -> None:
         assert name in res.output
     line = next(l for l in res.output.splitlines() if l.startswith("simclr_r50x4 "))
     assert "8192" in line and "375.4M" in line and "simclr_tf" in line
+
+
+def test_permuted_tf_kernels_are_made_contiguous(ref, tmp_path) -> None:
+    """tonylins/simclr-converter stores conv weights as permute(3, 2, 0, 1) views of TF kernels."""
+    sd, expected = ref
+    permuted = {k: (v.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1) if v.dim() == 4 else v) for k, v in sd.items()}
+    assert not permuted["conv1.weight"].is_contiguous()
+    model, _ = teachers.load_teacher("simclr_r50x1", syn.save(syn.simclr_tonylins(permuted), str(tmp_path / "p.pth")))
+    assert all(p.is_contiguous() for p in model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), expected, rtol=1e-4, atol=1e-4)
