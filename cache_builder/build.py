@@ -474,6 +474,7 @@ def build_cache(cfg: BuildConfig) -> BuildResult:
     dist.init_from_env(cfg.device)
     try:
         device = _resolve_device(cfg.device)
+        decode = "gpu" if cfg.decode == "gpu" and device.type == "cuda" else "cpu"  # what actually runs
         if cfg.decode == "gpu" and device.type != "cuda":
             log.warning("--decode gpu needs a CUDA device (this run uses %s): decoding on the CPU in %d DataLoader workers instead",
                         device, cfg.workers)
@@ -488,12 +489,12 @@ def build_cache(cfg: BuildConfig) -> BuildResult:
         identity = {
             "teacher": spec.name, "arch": spec.arch, "options": [list(o) for o in spec.options], "weights_sha256": weights_sha,
             "preprocessing": spec.preprocessing(), "views": cfg.views, "augment": cfg.augment,
-            "seed": cfg.seed if cfg.views else None, "dtype": cfg.dtype,
+            "seed": cfg.seed if cfg.views else None, "dtype": cfg.dtype, "decode": decode,
         }
         provenance = {
             "teacher": spec.name, "arch": spec.arch, "embed_dim": spec.embed_dim, "weights": os.path.abspath(cfg.weights),
             "weights_sha256": weights_sha, "weights_layout": report.layout, "preprocessing": spec.preprocessing(),
-            "views": cfg.views, "augment": cfg.augment, "seed": cfg.seed, "package_version": package_version(),
+            "views": cfg.views, "augment": cfg.augment, "seed": cfg.seed, "decode": decode, "package_version": package_version(),
             "torch_version": torch.__version__, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "world_size": dist.world_size(),
         }
