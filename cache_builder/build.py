@@ -255,6 +255,8 @@ class Embedder:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = torch.compile(model) if compile else model
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
         self.amp_dtype = None
         if amp and device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -404,13 +406,19 @@ def _build_split(split: str, images: ImageList, cfg: BuildConfig, spec: TeacherS
     if cfg.progress and rank == 0:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(indices), desc=f"{split} [{spec.name}]", unit="img", dynamic_ncols=True)
+        all_pending = sum(b - a for a, b in map(writer.shard_rows, writer.pending_shards(0, 1)))
+        bar = tqdm(total=all_pending, desc=f"{split} [{spec.name}]", unit="img", dynamic_ncols=True)
     shard_iter = iter(zip(pending, ranges))
     buf: _ShardBuffer | None = None
     t0 = time.perf_counter()
     written = 0
+    seen = 0
     try:
         for idx, imgs, crops in loader:
+            if idx.tolist() != indices[seen:seen + len(idx)]:  # cheap guard on the row <-> image mapping
+                raise BuildError(f"{split}: the loader returned images {idx.tolist()[:4]}... where rows expect "
+                                 f"{indices[seen:seen + 4]}...; this is a bug, please report it")
+            seen += len(idx)
             if raw:
                 imgs = gpu_decoder(idx, imgs)  # type: ignore[misc]
             b = len(idx)
@@ -433,7 +441,7 @@ def _build_split(split: str, images: ImageList, cfg: BuildConfig, spec: TeacherS
                     written += e - s
                     buf = None
             if bar is not None:
-                bar.update(b * world)
+                bar.update(min(b * world, bar.total - bar.n))  # other ranks progress at about the same rate
                 el = time.perf_counter() - t0
                 bar.set_postfix_str(f"{bar.n / el:.0f} img/s" if el > 0 else "")
     finally:
@@ -466,6 +474,7 @@ def build_cache(cfg: BuildConfig) -> BuildResult:
     dist.init_from_env(cfg.device)
     try:
         device = _resolve_device(cfg.device)
+        decode = "gpu" if cfg.decode == "gpu" and device.type == "cuda" else "cpu"  # what actually runs
         if cfg.decode == "gpu" and device.type != "cuda":
             log.warning("--decode gpu needs a CUDA device (this run uses %s): decoding on the CPU in %d DataLoader workers instead",
                         device, cfg.workers)
@@ -480,12 +489,12 @@ def build_cache(cfg: BuildConfig) -> BuildResult:
         identity = {
             "teacher": spec.name, "arch": spec.arch, "options": [list(o) for o in spec.options], "weights_sha256": weights_sha,
             "preprocessing": spec.preprocessing(), "views": cfg.views, "augment": cfg.augment,
-            "seed": cfg.seed if cfg.views else None, "dtype": cfg.dtype,
+            "seed": cfg.seed if cfg.views else None, "dtype": cfg.dtype, "decode": decode,
         }
         provenance = {
             "teacher": spec.name, "arch": spec.arch, "embed_dim": spec.embed_dim, "weights": os.path.abspath(cfg.weights),
             "weights_sha256": weights_sha, "weights_layout": report.layout, "preprocessing": spec.preprocessing(),
-            "views": cfg.views, "augment": cfg.augment, "seed": cfg.seed, "package_version": package_version(),
+            "views": cfg.views, "augment": cfg.augment, "seed": cfg.seed, "decode": decode, "package_version": package_version(),
             "torch_version": torch.__version__, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "world_size": dist.world_size(),
         }

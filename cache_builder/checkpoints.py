@@ -266,6 +266,22 @@ def remap_state_dict(
     return remapped, layout, dropped, ignored, stray
 
 
+def densify_(model: nn.Module) -> None:
+    """Make strided views contiguous once (converters store TF kernels as ``permute(3, 2, 0, 1)``
+    views; left as they are, every convolution would re-copy its weight on every forward).
+    Broadcast tensors (a zero stride: one vector expanded to the full shape) stay views, since
+    materialising them could cost gigabytes."""
+    with torch.no_grad():
+        for module in model.modules():
+            for name, t in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+                if t is not None and not t.is_contiguous() and 0 not in t.stride():
+                    dense = t.contiguous()
+                    if isinstance(t, nn.Parameter):
+                        setattr(module, name, nn.Parameter(dense, requires_grad=t.requires_grad))
+                    else:
+                        setattr(module, name, dense)
+
+
 def load_strict(
     model: nn.Module,
     checkpoint: object,
@@ -306,4 +322,5 @@ def load_strict(
         raise CheckpointKeyError("\n".join(parts))
     cast = {k: (v.float() if v.is_floating_point() and v.dtype != torch.float32 else v) for k, v in remapped.items()}
     model.load_state_dict(cast, strict=True, assign=True)
+    densify_(model)
     return LoadReport(path, location, layout.name, len(remapped) - len(filled), tuple(dropped), tuple(ignored), tuple(filled))

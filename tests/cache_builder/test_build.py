@@ -72,21 +72,38 @@ def test_build_rows_match_teacher_on_eval_transform_in_listing_order(assets, tmp
     assert os.path.isfile(tmp_path / "c" / "build_config.json")
 
 
-def test_resume_after_sigkill_gives_identical_bytes(assets, tmp_path, python_env) -> None:
+KILL_BEFORE_WRITE = """
+    import storage.writer as w
+    original = w.StoreWriter.write_shard
+    count = [0]
+    def write_shard(self, shard_id, *a, **k):
+        count[0] += 1
+        if count[0] == 3:
+            os.kill(os.getpid(), signal.SIGKILL)   # dies mid-build, shard 2 never started
+        return original(self, shard_id, *a, **k)
+    w.StoreWriter.write_shard = write_shard
+"""
+
+KILL_DURING_WRITE = """
+    import storage.location as loc
+    original = loc.LocalLocation.rename
+    count = [0]
+    def rename(self, src, dst):
+        if ".tmp-" in src:
+            count[0] += 1
+            if count[0] == 3:
+                os.kill(os.getpid(), signal.SIGKILL)   # shard 2's data is on disk under its temp name
+        return original(self, src, dst)
+    loc.LocalLocation.rename = rename
+"""
+
+
+@pytest.mark.parametrize("patch", [KILL_BEFORE_WRITE, KILL_DURING_WRITE], ids=["before-write", "during-write"])
+def test_resume_after_sigkill_gives_identical_bytes(patch, assets, tmp_path, python_env) -> None:
     reference = tmp_path / "ref"
     build_cache(_cfg(assets, reference, splits=("train",)))
     out = tmp_path / "killed"
-    script = textwrap.dedent(f"""
-        import os, signal
-        import storage.writer as w
-        original = w.StoreWriter.write_shard
-        count = [0]
-        def write_shard(self, shard_id, *a, **k):
-            count[0] += 1
-            if count[0] == 3:
-                os.kill(os.getpid(), signal.SIGKILL)   # dies mid-build, shard 2 never written
-            return original(self, shard_id, *a, **k)
-        w.StoreWriter.write_shard = write_shard
+    script = "import os, signal\n" + textwrap.dedent(patch) + textwrap.dedent(f"""
         from cache_builder.build import BuildConfig, build_cache
         build_cache(BuildConfig(**{dict(COMMON, weights=assets["weights"], data=assets["data"], out=str(out), splits=("train",))!r}))
     """)
@@ -94,7 +111,10 @@ def test_resume_after_sigkill_gives_identical_bytes(assets, tmp_path, python_env
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     partial = storage.open_store(str(out / "train"))
     assert not partial.complete and partial.manifest.done_shards == [0, 1]
+    if patch is KILL_DURING_WRITE:
+        assert any(".tmp-" in name for name in os.listdir(out / "train")), "the kill should leave a temp shard behind"
     build_cache(_cfg(assets, out, splits=("train",)))
+    assert not any(".tmp-" in name for name in os.listdir(out / "train"))
     assert _checksums(str(out / "train")) == _checksums(str(reference / "train"))
     assert np.array_equal(storage.open_store(str(out / "train")).load_all(), storage.open_store(str(reference / "train")).load_all())
 

@@ -84,7 +84,7 @@ def test_layout_loads_strictly_and_matches_torchvision(name, make, ref, tmp_path
 
 def test_moco_full_checkpoint_loads_encoder_q_not_encoder_k(ref, tmp_path) -> None:
     sd, expected = ref
-    other = syn.resnet50_reference(seed=2).state_dict()
+    other = {k: (v * 0.5 + 0.1 if v.is_floating_point() else v) for k, v in sd.items()}  # a different encoder_k
     path = syn.save(syn.moco_full(sd, other), str(tmp_path / "moco.pth"))
     model, _ = teachers.load_teacher("moco_v2_r50", path)
     with torch.no_grad():
@@ -242,3 +242,27 @@ def test_eval_transform_pil_and_tensor_agree_on_shape_and_range() -> None:
 def test_group_keys_format() -> None:
     text = group_keys(["layer1.0.conv1.weight", "layer1.0.bn1.bias", "fc.bias"])
     assert "layer1.0.* (2)" in text and "fc.* (1)" in text
+
+
+def test_cli_list_teachers_prints_every_entry() -> None:
+    from click.testing import CliRunner
+
+    from cache_builder.cli import main
+
+    res = CliRunner().invoke(main, ["list-teachers", "--no-flops"])
+    assert res.exit_code == 0, res.output
+    for name in teachers.teacher_names():
+        assert name in res.output
+    line = next(l for l in res.output.splitlines() if l.startswith("simclr_r50x4 "))
+    assert "8192" in line and "375.4M" in line and "simclr_tf" in line
+
+
+def test_permuted_tf_kernels_are_made_contiguous(ref, tmp_path) -> None:
+    """tonylins/simclr-converter stores conv weights as permute(3, 2, 0, 1) views of TF kernels."""
+    sd, expected = ref
+    permuted = {k: (v.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1) if v.dim() == 4 else v) for k, v in sd.items()}
+    assert not permuted["conv1.weight"].is_contiguous()
+    model, _ = teachers.load_teacher("simclr_r50x1", syn.save(syn.simclr_tonylins(permuted), str(tmp_path / "p.pth")))
+    assert all(p.is_contiguous() for p in model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), expected, rtol=1e-4, atol=1e-4)
