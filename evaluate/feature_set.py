@@ -133,3 +133,23 @@ def load_feature_set(root: str) -> FeatureSet:
             "both splits must come from the same model"
         )
     return FeatureSet(train, val, root)
+
+
+def iter_store_blocks(path: str):
+    """Stream a complete store shard by shard, for a kNN database that does not fit in RAM.
+
+    Yields:
+        ``(offset, rows)``: the shard's first global row and its ``(R, D)`` float32
+        L2-normalised rows, in row order (the block form ``evaluate.topk.search`` accepts).
+    Raises:
+        storage.StoreIncompleteError: the store has missing shards.
+        FeatureError: the store is empty.
+    """
+    from storage import open_store
+
+    store = open_store(path)
+    store.require_complete("streaming evaluation")
+    if store.n == 0:
+        raise FeatureError(f"{path}: the split is empty (0 rows); nothing to evaluate")
+    for rec in store.manifest.shards:
+        yield rec.start, l2_normalize(store.read_shard(rec.shard_id).embeddings)

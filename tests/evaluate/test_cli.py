@@ -40,7 +40,7 @@ def test_knn_writes_result_with_protocol_and_fingerprints(feature_dir, tmp_path,
     assert result["protocol"] == protocol and result["params"]["ks"] in ([1, 20], [10, 20])
     assert result["split_sizes"] == {"train": 120, "val": 30}
     assert len(result["features"]["train"]["fingerprint"]) == 64
-    assert result["params"]["tie_break"] and result["backend"].startswith("torch")
+    assert result["params"]["tie_break"] and result["backend"].startswith("faiss")
     first = next(iter(result["metrics"].values()))
     assert first > 80.0  # separable blobs
     assert "| metric | value (%) |" in res.output
