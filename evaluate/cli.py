@@ -125,7 +125,7 @@ def knn(features, model, data, feature_cache, image_size, extract_batch_size, wo
 @_source_options
 @click.option("--fast/--full", default=True, show_default=True,
               help="--fast: train on cached center-crop features (a different protocol, 'compress-fast'). "
-                   "--full (RRC+flip through the backbone) is not implemented yet.")
+                   "--full: RandomResizedCrop + flip through the frozen backbone (needs --model/--data; resumable).")
 @click.option("--epochs", type=int, default=40, show_default=True)
 @click.option("--lr", type=float, default=0.01, show_default=True)
 @click.option("--train-batch-size", type=int, default=256, show_default=True)
@@ -140,8 +140,10 @@ def linear(features, model, data, feature_cache, image_size, extract_batch_size,
     from evaluate.linear import linear as run_linear
 
     with _user_errors():
+        out = out or _default_out("linear", "compress-fast" if fast else "compress", model)
         cfg = LinearConfig(features="", fast=fast, epochs=epochs, lr=lr, batch_size=train_batch_size,
-                           fraction=fraction, shots=shots, seed=seed, device=device)
+                           fraction=fraction, shots=shots, seed=seed, device=device, model=model, data=data,
+                           image_size=image_size, workers=workers, checkpoint=os.path.splitext(out)[0] + "-checkpoint.pt")
         src, info = _resolve_source(features, model, data, feature_cache, image_size, extract_batch_size, workers, device)
         import dataclasses
 

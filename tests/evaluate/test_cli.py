@@ -80,6 +80,6 @@ def test_linear_and_cluster_and_report(feature_dir, tmp_path) -> None:
     assert open(chart, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_full_linear_protocol_says_it_is_missing(feature_dir) -> None:
+def test_full_linear_protocol_needs_model_and_data(feature_dir) -> None:
     res = run(["linear", "--features", feature_dir, "--full"])
-    assert res.exit_code == 1 and "not implemented yet" in res.output
+    assert res.exit_code == 1 and "needs --model and --data" in res.output
