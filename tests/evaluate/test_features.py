@@ -129,3 +129,28 @@ def test_cli_model_data_caches_under_run_and_reuses(tmp_path) -> None:
     assert "reusing features" in second.output
     result = json.load(open(tmp_path / "r.json"))
     assert result["model"]["name"] == "resnet18" and result["split_sizes"] == {"train": 6, "val": 4}
+
+
+def test_cli_full_linear_and_cluster_grid_from_model_and_data(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from evaluate.cli import main
+
+    root = make_image_folder(str(tmp_path / "data"))
+    common = ["--model", MODEL, "--data", root, "--image-size", "16", "--feature-cache", str(tmp_path / "fc")]
+    out = str(tmp_path / "lin.json")
+    res = CliRunner().invoke(main, ["linear", *common, "--full", "--epochs", "2", "--train-batch-size", "4", "--out", out],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    result = json.load(open(out))
+    assert result["protocol"] == "compress" and os.path.exists(str(tmp_path / "lin-checkpoint.pt"))
+    grid = str(tmp_path / "grid.png")
+    res = CliRunner().invoke(main, ["cluster", *common, "--clusters", "2", "--grid", grid, "--out", str(tmp_path / "c.json")],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    from PIL import Image
+
+    with Image.open(grid) as img:
+        assert img.size == (64 * 8, 64 * 2)  # one row per cluster, 8 thumbnail slots per row
+        pixels = np.asarray(img.convert("RGB"))
+    assert (pixels[:, :64] != 255).any(axis=2).all()  # the first slot of every row holds an image
