@@ -169,7 +169,9 @@ def knn(cfg: KnnConfig) -> dict:
         protocol=cfg.protocol, ks=cfg.resolved_ks, temperature=cfg.temperature, backend=backend, device=device,
         query_block=cfg.query_block, database_block=cfg.database_block,
     )
-    params = {**asdict(cfg), **PROTOCOLS[cfg.protocol], "tie_break": TIE_BREAK[cfg.protocol]}
+    params = {**PROTOCOLS[cfg.protocol], **asdict(cfg), "tie_break": TIE_BREAK[cfg.protocol]}
+    if cfg.protocol != "dino":
+        params.pop("temperature")
     params["ks"] = list(cfg.resolved_ks)
     return make_result("knn", cfg.protocol, metrics, params, fs, wall_time=time.perf_counter() - start, backend=f"{backend}:{device}")
 

@@ -41,9 +41,17 @@ def test_knn_writes_result_with_protocol_and_fingerprints(feature_dir, tmp_path,
     assert result["split_sizes"] == {"train": 120, "val": 30}
     assert len(result["features"]["train"]["fingerprint"]) == 64
     assert result["params"]["tie_break"] and result["backend"].startswith("faiss")
+    assert result["params"]["metric"] == ("l2" if protocol == "compress" else "ip")
+    assert ("temperature" in result["params"]) == (protocol == "dino")
     first = next(iter(result["metrics"].values()))
     assert first > 80.0  # separable blobs
     assert "| metric | value (%) |" in res.output
+
+
+def test_knn_records_the_requested_temperature(feature_dir, tmp_path) -> None:
+    out = str(tmp_path / "r.json")
+    assert run(["knn", "--features", feature_dir, "--protocol", "dino", "-k", "10", "--temperature", "0.1", "--out", out]).exit_code == 0
+    assert json.load(open(out))["params"]["temperature"] == 0.1
 
 
 def test_knn_defaults_to_local_cache_and_says_so(tmp_path) -> None:
