@@ -91,3 +91,21 @@ def test_linear_and_cluster_and_report(feature_dir, tmp_path) -> None:
 def test_full_linear_protocol_needs_model_and_data(feature_dir) -> None:
     res = run(["linear", "--features", feature_dir, "--full"])
     assert res.exit_code == 1 and "needs --model and --data" in res.output
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_knn_stream_equals_in_memory(tmp_path, backend) -> None:
+    root = str(tmp_path / "f")
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 5, 200)
+    x = np.eye(5, 8, dtype=np.float32)[labels] + 0.8 * rng.standard_normal((200, 8)).astype(np.float32)
+    write_store(os.path.join(root, "train"), x[:150], labels[:150], shard_size=16)
+    write_store(os.path.join(root, "val"), x[150:], labels[150:])
+    a, b = str(tmp_path / "a.json"), str(tmp_path / "b.json")
+    assert run(["knn", "--features", root, "--backend", backend, "--out", a]).exit_code == 0
+    res = run(["knn", "--features", root, "--backend", backend, "--stream", "--out", b])
+    assert res.exit_code == 0, res.output
+    ra, rb = json.load(open(a)), json.load(open(b))
+    assert ra["metrics"] == rb["metrics"] and rb["params"]["stream"] is True
+    assert rb["features"]["train"]["n"] == 150 and rb["features"]["train"]["d"] == 8
+    assert 40 < ra["metrics"]["knn20"] < 100  # not a trivial task
