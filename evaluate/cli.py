@@ -107,8 +107,9 @@ def _default_out(command: str, protocol: str, model: str | None) -> str:
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--query-block", type=int, default=None, help="Queries per block (default: 1024 torch, 8192 faiss).")
 @click.option("--database-block", type=int, default=131072, show_default=True)
+@click.option("--stream", is_flag=True, help="Stream the train rows from their store shard by shard instead of loading them.")
 def knn(features, model, data, feature_cache, image_size, extract_batch_size, workers, out, protocol, ks, temperature,
-        backend, device, query_block, database_block) -> None:
+        backend, device, query_block, database_block, stream) -> None:
     """k-nearest-neighbour accuracy (compress: L2, majority, k=1,20; dino: cosine, weighted, k=10..200)."""
     from evaluate.knn import KnnConfig
     from evaluate.knn import knn as run_knn
@@ -116,7 +117,7 @@ def knn(features, model, data, feature_cache, image_size, extract_batch_size, wo
     with _user_errors():
         src, info = _resolve_source(features, model, data, feature_cache, image_size, extract_batch_size, workers, device)
         cfg = KnnConfig(features=src, protocol=protocol, ks=tuple(ks), temperature=temperature, backend=backend,
-                        device=device, query_block=query_block, database_block=database_block)
+                        device=device, query_block=query_block, database_block=database_block, stream=stream)
         result = run_knn(cfg)
     _finish(result, out, info, model)
 
@@ -125,7 +126,7 @@ def knn(features, model, data, feature_cache, image_size, extract_batch_size, wo
 @_source_options
 @click.option("--fast/--full", default=True, show_default=True,
               help="--fast: train on cached center-crop features (a different protocol, 'compress-fast'). "
-                   "--full (RRC+flip through the backbone) is not implemented yet.")
+                   "--full: RandomResizedCrop + flip through the frozen backbone (needs --model/--data; resumable).")
 @click.option("--epochs", type=int, default=40, show_default=True)
 @click.option("--lr", type=float, default=0.01, show_default=True)
 @click.option("--train-batch-size", type=int, default=256, show_default=True)
@@ -140,8 +141,10 @@ def linear(features, model, data, feature_cache, image_size, extract_batch_size,
     from evaluate.linear import linear as run_linear
 
     with _user_errors():
+        out = out or _default_out("linear", "compress-fast" if fast else "compress", model)
         cfg = LinearConfig(features="", fast=fast, epochs=epochs, lr=lr, batch_size=train_batch_size,
-                           fraction=fraction, shots=shots, seed=seed, device=device)
+                           fraction=fraction, shots=shots, seed=seed, device=device, model=model, data=data,
+                           image_size=image_size, workers=workers, checkpoint=os.path.splitext(out)[0] + "-checkpoint.pt")
         src, info = _resolve_source(features, model, data, feature_cache, image_size, extract_batch_size, workers, device)
         import dataclasses
 

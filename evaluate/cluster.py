@@ -181,6 +181,19 @@ def cluster_alignment(
     }
 
 
+def _resolve_backend(backend: str, device: str) -> str:
+    """``auto``: FAISS on CPU or with faiss-gpu; the GPU-resident torch k-means on a CUDA
+    device without faiss-gpu. An explicit ``faiss`` on CUDA needs faiss-gpu."""
+    import faiss
+
+    has_gpu_faiss = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+    if backend == "auto":
+        return "torch" if device.startswith("cuda") and not has_gpu_faiss else "faiss"
+    if backend == "faiss" and device.startswith("cuda") and not has_gpu_faiss:
+        raise ValueError("backend 'faiss' on a CUDA device needs faiss-gpu; use --backend torch")
+    return backend
+
+
 def cluster(cfg: ClusterConfig) -> dict:
     """Run cluster alignment on a features directory; returns a result record."""
     from evaluate.feature_set import load_feature_set
@@ -188,7 +201,7 @@ def cluster(cfg: ClusterConfig) -> dict:
 
     start = time.perf_counter()
     fs = load_feature_set(cfg.features)
-    backend = "faiss" if cfg.backend == "auto" else cfg.backend
+    backend = _resolve_backend(cfg.backend, cfg.device)
     out = cluster_alignment(fs.train.features, fs.train.labels, fs.val.features, fs.val.labels,
                             clusters=cfg.clusters, iterations=cfg.iterations, seed=cfg.seed, backend=backend, device=cfg.device)
     extra: dict = {"timings": {k: round(v, 4) for k, v in out["timings"].items()}}

@@ -24,26 +24,28 @@ class FeatureSplit:
     """One split of evaluation features.
 
     Attributes:
-        features: ``(N, D)`` float32, rows L2-normalised.
+        features: ``(N, D)`` float32, rows L2-normalised; None for a split streamed from its
+            store (``open_split(..., load=False)``).
         labels: ``(N,)`` int64 class ids (``-1`` = unknown).
         paths: N relative image paths (empty strings when the store has none).
         source: the store path it was read from.
         fingerprint: sha256 over the store's shape, dtype and shard checksums.
     """
 
-    features: np.ndarray
+    features: np.ndarray | None
     labels: np.ndarray
     paths: list[str]
     source: str
     fingerprint: str
+    shape: tuple[int, int] = (0, 0)
 
     @property
     def n(self) -> int:
-        return int(self.features.shape[0])
+        return int(self.shape[0])
 
     @property
     def d(self) -> int:
-        return int(self.features.shape[1])
+        return int(self.shape[1])
 
     def describe(self) -> dict:
         """JSON-ready summary: path, size, dimension, fingerprint."""
@@ -83,12 +85,14 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def load_split(path: str, *, require_labels: bool = True) -> FeatureSplit:
+def load_split(path: str, *, require_labels: bool = True, load: bool = True) -> FeatureSplit:
     """Read one split store whole into RAM.
 
     Args:
         path: a store directory (e.g. ``cache/train``).
         require_labels: refuse a split whose labels are all ``-1``.
+        load: False reads only labels and paths (``features`` is None; stream the rows with
+            ``iter_store_blocks``).
     Raises:
         storage.StoreIncompleteError: the store has missing shards.
         FeatureError: empty store, multi-view store, or no labels.
@@ -101,18 +105,22 @@ def load_split(path: str, *, require_labels: bool = True) -> FeatureSplit:
         raise FeatureError(f"{path}: the split is empty (0 rows); nothing to evaluate")
     if store.views is not None:
         raise FeatureError(f"{path}: a multi-view store {store.shape} cannot be evaluated; expected (N, D) rows")
-    features = l2_normalize(store.load_all())
+    features = l2_normalize(store.load_all()) if load else None
     meta = store.load_metadata()
     if require_labels and bool((meta.labels < 0).all()):
         raise FeatureError(
             f"{path}: no labels (every label is -1); evaluation needs a labelled split "
             "(build the cache from an ImageFolder-style dataset)"
         )
-    return FeatureSplit(features, meta.labels.astype(np.int64), list(meta.paths), path, store_fingerprint(store))
+    return FeatureSplit(features, meta.labels.astype(np.int64), list(meta.paths), path, store_fingerprint(store), (store.n, store.d))
 
 
-def load_feature_set(root: str) -> FeatureSet:
+def load_feature_set(root: str, *, load_train: bool = True) -> FeatureSet:
     """Read ``root/train`` and ``root/val``.
+
+    Args:
+        load_train: False leaves the train rows in the store (``train.features`` is None) to
+            be streamed with ``iter_store_blocks``.
 
     Raises:
         storage.NotAStoreError: a split store is missing.
@@ -125,7 +133,7 @@ def load_feature_set(root: str) -> FeatureSet:
         path = os.path.join(root, name)
         if not os.path.isdir(path):
             raise NotAStoreError(f"{root}: no {name} split (expected a store at {path})")
-        splits[name] = load_split(path)
+        splits[name] = load_split(path, load=load_train or name != "train")
     train, val = splits["train"], splits["val"]
     if train.d != val.d:
         raise FeatureError(
@@ -133,3 +141,23 @@ def load_feature_set(root: str) -> FeatureSet:
             "both splits must come from the same model"
         )
     return FeatureSet(train, val, root)
+
+
+def iter_store_blocks(path: str):
+    """Stream a complete store shard by shard, for a kNN database that does not fit in RAM.
+
+    Yields:
+        ``(offset, rows)``: the shard's first global row and its ``(R, D)`` float32
+        L2-normalised rows, in row order (the block form ``evaluate.topk.search`` accepts).
+    Raises:
+        storage.StoreIncompleteError: the store has missing shards.
+        FeatureError: the store is empty.
+    """
+    from storage import open_store
+
+    store = open_store(path)
+    store.require_complete("streaming evaluation")
+    if store.n == 0:
+        raise FeatureError(f"{path}: the split is empty (0 rows); nothing to evaluate")
+    for rec in store.manifest.shards:
+        yield rec.start, l2_normalize(store.read_shard(rec.shard_id).embeddings)

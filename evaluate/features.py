@@ -55,11 +55,12 @@ class FeaturesConfig:
             raise ValueError(f"dtype must be float16 or float32, got {self.dtype!r}")
 
 
-class _ImageDataset:
-    """Images of a listing with a transform; errors name the file."""
+class ImageDataset:
+    """Images ``rows`` of a listing through a transform (with their labels if asked); errors
+    name the file."""
 
-    def __init__(self, listing: ImageListing, rows: range, transform) -> None:
-        self.listing, self.rows, self.transform = listing, rows, transform
+    def __init__(self, listing: ImageListing, rows, transform, with_labels: bool = False) -> None:
+        self.listing, self.rows, self.transform, self.with_labels = listing, rows, transform, with_labels
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -67,12 +68,14 @@ class _ImageDataset:
     def __getitem__(self, i: int):
         from PIL import Image
 
-        path = os.path.join(self.listing.root, self.listing.paths[self.rows[i]])
+        row = int(self.rows[i])
+        path = os.path.join(self.listing.root, self.listing.paths[row])
         try:
             with Image.open(path) as img:
-                return self.transform(img.convert("RGB"))
+                image = self.transform(img.convert("RGB"))
         except OSError as e:
             raise OSError(f"{path}: cannot read image ({e})") from None
+        return (image, self.listing.labels[row]) if self.with_labels else image
 
 
 def extraction_fingerprint(identity: dict, listings: dict[str, ImageListing]) -> str:
@@ -103,13 +106,13 @@ def extract_split(module, transform, listing: ImageListing, path: str, fingerpri
 
     from storage import create_store
 
-    probe = _embed(module, DataLoader(_ImageDataset(listing, range(1), transform), batch_size=1), cfg.device)
+    probe = _embed(module, DataLoader(ImageDataset(listing, range(1), transform), batch_size=1), cfg.device)
     writer = create_store(path, len(listing.paths), probe.shape[1], cfg.dtype, shard_size=cfg.shard_size,
                           fingerprint=fingerprint, provenance=provenance, exist_ok=not cfg.overwrite, overwrite=cfg.overwrite)
     labels = np.asarray(listing.labels, dtype=np.int64)
     for shard in writer.pending_shards():
         start, stop = writer.shard_rows(shard)
-        loader = DataLoader(_ImageDataset(listing, range(start, stop), transform), batch_size=cfg.batch_size,
+        loader = DataLoader(ImageDataset(listing, range(start, stop), transform), batch_size=cfg.batch_size,
                             num_workers=cfg.workers, pin_memory=str(cfg.device).startswith("cuda") and torch.cuda.is_available())
         feats = _embed(module, loader, cfg.device).astype(cfg.dtype)
         writer.write_shard(shard, feats, index=np.arange(start, stop), labels=labels[start:stop], paths=list(listing.paths[start:stop]))

@@ -79,6 +79,8 @@ class KnnConfig:
         temperature: DINO vote temperature.
         backend: ``"auto"``, ``"faiss"`` or ``"torch"``. device: torch device.
         query_block / database_block: block sizes of the search.
+        stream: leave the train rows in their store and stream them shard by shard (the
+            database need not fit in RAM).
     """
 
     features: str
@@ -89,6 +91,7 @@ class KnnConfig:
     device: str | None = None
     query_block: int | None = None
     database_block: int = 131072
+    stream: bool = False
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -136,11 +139,21 @@ def knn_classify(
         raise ValueError("each split needs one label per feature row")
     if max(ks) > len(train_features):
         raise ValueError(f"k = {max(ks)} is larger than the train set ({len(train_features)} rows)")
-    num_classes = int(max(train_labels.max(), val_labels.max())) + 1
     sims, idx = search(
         val_features, train_features, max(ks), metric=spec["metric"], backend=backend, device=device,
         query_block=query_block, database_block=database_block,
     )
+    return score_neighbours(sims, idx, train_labels, val_labels, protocol=protocol, ks=ks, temperature=temperature)
+
+
+def score_neighbours(
+    sims: np.ndarray, idx: np.ndarray, train_labels: np.ndarray, val_labels: np.ndarray, *, protocol: str,
+    ks: tuple[int, ...], temperature: float = 0.07,
+) -> dict[str, float]:
+    """Accuracies from the neighbours ``(Q, max(ks))`` (scores and train indices, nearest
+    first) of every val row; see ``knn_classify`` for the metric names."""
+    spec = PROTOCOLS[protocol]
+    num_classes = int(max(train_labels.max(), val_labels.max())) + 1
     neighbour_labels = np.asarray(train_labels)[idx]
     metrics: dict[str, float] = {}
     for k in ks:
@@ -161,15 +174,27 @@ def knn(cfg: KnnConfig) -> dict:
     from evaluate.results import make_result
     from evaluate.topk import resolve_backend
 
+    from evaluate.feature_set import iter_store_blocks
+
     start = time.perf_counter()
-    fs = load_feature_set(cfg.features)
+    fs = load_feature_set(cfg.features, load_train=not cfg.stream)
     backend, device = resolve_backend(cfg.backend, cfg.device)
-    metrics = knn_classify(
-        fs.train.features, fs.train.labels, fs.val.features, fs.val.labels,
-        protocol=cfg.protocol, ks=cfg.resolved_ks, temperature=cfg.temperature, backend=backend, device=device,
-        query_block=cfg.query_block, database_block=cfg.database_block,
-    )
-    params = {**asdict(cfg), **PROTOCOLS[cfg.protocol], "tie_break": TIE_BREAK[cfg.protocol]}
+    if cfg.stream:
+        if max(cfg.resolved_ks) > fs.train.n:
+            raise ValueError(f"k = {max(cfg.resolved_ks)} is larger than the train set ({fs.train.n} rows)")
+        sims, idx = search(fs.val.features, iter_store_blocks(fs.train.source), max(cfg.resolved_ks),
+                           metric=PROTOCOLS[cfg.protocol]["metric"], backend=backend, device=device, query_block=cfg.query_block)
+        metrics = score_neighbours(sims, idx, fs.train.labels, fs.val.labels, protocol=cfg.protocol,
+                                   ks=cfg.resolved_ks, temperature=cfg.temperature)
+    else:
+        metrics = knn_classify(
+            fs.train.features, fs.train.labels, fs.val.features, fs.val.labels,
+            protocol=cfg.protocol, ks=cfg.resolved_ks, temperature=cfg.temperature, backend=backend, device=device,
+            query_block=cfg.query_block, database_block=cfg.database_block,
+        )
+    params = {**PROTOCOLS[cfg.protocol], **asdict(cfg), "tie_break": TIE_BREAK[cfg.protocol]}
+    if cfg.protocol != "dino":
+        params.pop("temperature")
     params["ks"] = list(cfg.resolved_ks)
     return make_result("knn", cfg.protocol, metrics, params, fs, wall_time=time.perf_counter() - start, backend=f"{backend}:{device}")
 

@@ -4,10 +4,10 @@
 set -> linear; 40 epochs, SGD lr 0.01, momentum 0.9, wd 1e-4, lr x0.1 at epochs 15 and 30
 (and 40, the end), RandomResizedCrop + flip.
 
-``--fast`` (implemented here): the same classifier and schedule trained on the cached
-center-crop features, without augmentation. It takes seconds instead of hours but is a
-**different protocol** (``compress-fast``): numbers are not comparable to the paper's linear
-accuracy. The augmented protocol needs a backbone and images; it is not implemented yet.
+``--fast`` (this module): the same classifier and schedule trained on the cached center-crop
+features, without augmentation. It takes seconds instead of hours but is a **different
+protocol** (``compress-fast``): numbers are not comparable to the paper's linear accuracy.
+The augmented, resumable protocol needs the backbone and the images: ``evaluate.linear_full``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,10 @@ class LinearConfig:
 
     Attributes:
         features: features directory (``train``/``val`` stores).
-        fast: train on cached features (the only mode implemented).
+        fast: train on cached features (``compress-fast``); False: the augmented protocol
+            (``compress``), which needs ``model``, ``data`` and ``checkpoint``.
+        model, data, image_size, workers: backbone and images (augmented protocol).
+        checkpoint: resume file of the augmented protocol.
         epochs: default 40; lr steps scaled from 15/30 of 40.
         lr, momentum, weight_decay, batch_size: SGD settings.
         fraction / shots: class-balanced, seeded few-label subset of train.
@@ -72,12 +75,17 @@ class LinearConfig:
     shots: int | None = None
     seed: int = 0
     device: str = "cpu"
+    model: str | None = None
+    data: str | None = None
+    image_size: int | None = None
+    workers: int = 0
+    checkpoint: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.fast:
+        if not self.fast and not (self.model and self.data and self.checkpoint):
             raise ValueError(
-                "the augmented linear protocol (RandomResizedCrop + flip on images through the frozen "
-                "backbone) is not implemented yet; use --fast (a different protocol, recorded as compress-fast)"
+                "the augmented linear protocol (--full: RandomResizedCrop + flip through the frozen backbone) "
+                "needs --model and --data (and a checkpoint path); use --fast for cached features"
             )
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0, got {self.epochs}, {self.batch_size}, {self.lr}")
@@ -131,7 +139,12 @@ def probe_accuracy(probe: LinearProbe, features: np.ndarray, labels: np.ndarray,
 
 
 def linear(cfg: LinearConfig) -> dict:
-    """Run the (fast) linear probe on a features directory; returns a result record."""
+    """Run the linear probe (fast on cached features, or the augmented protocol); returns a
+    result record."""
+    if not cfg.fast:
+        from evaluate.linear_full import linear_full
+
+        return linear_full(cfg)
     from evaluate.feature_set import load_feature_set
     from evaluate.results import make_result
 

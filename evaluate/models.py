@@ -116,7 +116,7 @@ def load_student_model(path: str) -> ResolvedModel:
         h.update(file_sha256(f).encode())
     identity = {"kind": "student", "name": os.path.basename(os.path.normpath(path)), "path": os.path.abspath(path),
                 "weights_sha256": h.hexdigest(), "preprocessing": repr(metadata["eval_transform"]),
-                "metadata": {k: v for k, v in metadata.items() if isinstance(v, (str, int, float, bool))}}
+                "metadata": {k: v for k, v in metadata.items() if k != "eval_transform" and isinstance(v, (str, int, float, bool))}}
     return ResolvedModel(module.eval(), metadata["eval_transform"], identity, path if os.path.isdir(path) else None)
 
 

@@ -40,10 +40,18 @@ def test_knn_writes_result_with_protocol_and_fingerprints(feature_dir, tmp_path,
     assert result["protocol"] == protocol and result["params"]["ks"] in ([1, 20], [10, 20])
     assert result["split_sizes"] == {"train": 120, "val": 30}
     assert len(result["features"]["train"]["fingerprint"]) == 64
-    assert result["params"]["tie_break"] and result["backend"].startswith("torch")
+    assert result["params"]["tie_break"] and result["backend"].startswith("faiss")
+    assert result["params"]["metric"] == ("l2" if protocol == "compress" else "ip")
+    assert ("temperature" in result["params"]) == (protocol == "dino")
     first = next(iter(result["metrics"].values()))
     assert first > 80.0  # separable blobs
     assert "| metric | value (%) |" in res.output
+
+
+def test_knn_records_the_requested_temperature(feature_dir, tmp_path) -> None:
+    out = str(tmp_path / "r.json")
+    assert run(["knn", "--features", feature_dir, "--protocol", "dino", "-k", "10", "--temperature", "0.1", "--out", out]).exit_code == 0
+    assert json.load(open(out))["params"]["temperature"] == 0.1
 
 
 def test_knn_defaults_to_local_cache_and_says_so(tmp_path) -> None:
@@ -80,6 +88,24 @@ def test_linear_and_cluster_and_report(feature_dir, tmp_path) -> None:
     assert open(chart, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_full_linear_protocol_says_it_is_missing(feature_dir) -> None:
+def test_full_linear_protocol_needs_model_and_data(feature_dir) -> None:
     res = run(["linear", "--features", feature_dir, "--full"])
-    assert res.exit_code == 1 and "not implemented yet" in res.output
+    assert res.exit_code == 1 and "needs --model and --data" in res.output
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_knn_stream_equals_in_memory(tmp_path, backend) -> None:
+    root = str(tmp_path / "f")
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 5, 200)
+    x = np.eye(5, 8, dtype=np.float32)[labels] + 0.8 * rng.standard_normal((200, 8)).astype(np.float32)
+    write_store(os.path.join(root, "train"), x[:150], labels[:150], shard_size=16)
+    write_store(os.path.join(root, "val"), x[150:], labels[150:])
+    a, b = str(tmp_path / "a.json"), str(tmp_path / "b.json")
+    assert run(["knn", "--features", root, "--backend", backend, "--out", a]).exit_code == 0
+    res = run(["knn", "--features", root, "--backend", backend, "--stream", "--out", b])
+    assert res.exit_code == 0, res.output
+    ra, rb = json.load(open(a)), json.load(open(b))
+    assert ra["metrics"] == rb["metrics"] and rb["params"]["stream"] is True
+    assert rb["features"]["train"]["n"] == 150 and rb["features"]["train"]["d"] == 8
+    assert 40 < ra["metrics"]["knn20"] < 100  # not a trivial task

@@ -55,3 +55,16 @@ def test_missing_split(tmp_path) -> None:
     with pytest.raises(NotAStoreError, match="no val split"):
         load_feature_set(str(tmp_path))
     assert not os.path.exists(tmp_path / "val")
+
+
+def test_streamed_store_blocks_give_the_same_neighbours(tmp_path) -> None:
+    from evaluate.feature_set import iter_store_blocks, load_split
+    from evaluate.topk import search
+
+    rng = np.random.default_rng(0)
+    write_store(str(tmp_path / "db"), rng.standard_normal((100, 6)), np.zeros(100, int), shard_size=16)
+    q = rng.standard_normal((9, 6)).astype(np.float32)
+    whole = load_split(str(tmp_path / "db")).features
+    for backend in ("torch", "faiss"):
+        streamed = search(q, iter_store_blocks(str(tmp_path / "db")), 20, backend=backend, device="cpu")
+        np.testing.assert_array_equal(streamed[1], search(q, whole, 20, backend=backend, device="cpu")[1])

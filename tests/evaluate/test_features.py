@@ -129,3 +129,67 @@ def test_cli_model_data_caches_under_run_and_reuses(tmp_path) -> None:
     assert "reusing features" in second.output
     result = json.load(open(tmp_path / "r.json"))
     assert result["model"]["name"] == "resnet18" and result["split_sizes"] == {"train": 6, "val": 4}
+
+
+def test_cli_full_linear_and_cluster_grid_from_model_and_data(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from evaluate.cli import main
+
+    root = make_image_folder(str(tmp_path / "data"))
+    common = ["--model", MODEL, "--data", root, "--image-size", "16", "--feature-cache", str(tmp_path / "fc")]
+    out = str(tmp_path / "lin.json")
+    res = CliRunner().invoke(main, ["linear", *common, "--full", "--epochs", "2", "--train-batch-size", "4", "--out", out],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    result = json.load(open(out))
+    assert result["protocol"] == "compress" and os.path.exists(str(tmp_path / "lin-checkpoint.pt"))
+    grid = str(tmp_path / "grid.png")
+    res = CliRunner().invoke(main, ["cluster", *common, "--clusters", "2", "--grid", grid, "--out", str(tmp_path / "c.json")],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    from PIL import Image
+
+    with Image.open(grid) as img:
+        assert img.size == (64 * 8, 64 * 2)  # one row per cluster, 8 thumbnail slots per row
+        pixels = np.asarray(img.convert("RGB"))
+    assert (pixels[:, :64] != 255).any(axis=2).all()  # the first slot of every row holds an image
+
+
+def test_teacher_and_student_specs_call_the_registries(tmp_path, monkeypatch) -> None:
+    """The resolver wiring, with stand-ins for ``load_teacher`` / ``load_student`` (written in
+    other branches)."""
+    import sys
+    import types
+
+    weights = tmp_path / "t.pth"
+    weights.write_bytes(b"weights")
+    calls = []
+
+    class Spec:
+        def eval_transform(self):
+            return "center-crop-transform"
+
+    def load_teacher(name, path):
+        calls.append(("teacher", name, path))
+        return torch.nn.Identity(), Spec()
+
+    def load_student(path):
+        calls.append(("student", path))
+        return torch.nn.Identity(), {"eval_transform": "student-transform", "arch": "resnet18"}
+
+    monkeypatch.setitem(sys.modules, "cache_builder.teachers", types.SimpleNamespace(load_teacher=load_teacher))
+    monkeypatch.setitem(sys.modules, "distill.export", types.SimpleNamespace(load_student=load_student))
+    teacher = resolve_model(f"teacher:moco_v2_r50:{weights}")
+    assert calls[-1] == ("teacher", "moco_v2_r50", str(weights)) and teacher.transform == "center-crop-transform"
+    assert teacher.identity["kind"] == "teacher" and len(teacher.identity["weights_sha256"]) == 64
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "student.pth").write_bytes(b"student")
+    student = resolve_model(str(run_dir))
+    assert calls[-1] == ("student", str(run_dir)) and student.transform == "student-transform"
+    assert student.run_dir == str(run_dir) and student.identity["metadata"] == {"arch": "resnet18"}
+    (run_dir / "student.pth").write_bytes(b"changed")
+    assert resolve_model(str(run_dir)).identity["weights_sha256"] != student.identity["weights_sha256"]
+    with pytest.raises(ValueError, match="weights file .* does not exist"):
+        resolve_model(f"teacher:moco_v2_r50:{tmp_path / 'missing.pth'}")

@@ -115,3 +115,14 @@ def test_k_larger_than_database_is_refused() -> None:
 def test_mismatched_dims_are_refused() -> None:
     with pytest.raises(ValueError, match="dimension 3, val features 4"):
         knn_classify(np.zeros((30, 3), np.float32), np.zeros(30, int), np.zeros((2, 4), np.float32), np.zeros(2, int))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("protocol", ["compress", "dino"])
+def test_cuda_torch_backend_equals_cpu(protocol: str) -> None:
+    rng = np.random.default_rng(6)
+    train, val = tied_features(rng, 2000, 16), tied_features(rng, 300, 16)
+    tl, vl = rng.integers(0, 10, 2000), rng.integers(0, 10, 300)
+    cpu = knn_classify(train, tl, val, vl, protocol=protocol, backend="torch", device="cpu")
+    gpu = knn_classify(train, tl, val, vl, protocol=protocol, backend="torch", device="cuda")
+    assert cpu == gpu

@@ -50,8 +50,8 @@ def test_probe_learns_separable_features() -> None:
     assert (pred == labels).mean() > 0.95
 
 
-def test_full_protocol_is_refused_clearly() -> None:
-    with pytest.raises(ValueError, match="augmented linear protocol .* not implemented yet; use --fast"):
+def test_full_protocol_without_model_is_refused_clearly() -> None:
+    with pytest.raises(ValueError, match="augmented linear protocol .* needs --model and --data"):
         LinearConfig(features="x", fast=False)
 
 
