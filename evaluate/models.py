@@ -106,6 +106,7 @@ def load_registry_teacher(name: str, weights: str) -> ResolvedModel:
 def load_student_model(path: str) -> ResolvedModel:
     """A student run directory or exported ``.pth`` (``distill.export.load_student``)."""
     from distill.export import load_student
+    from distill.students import build_eval_transform
 
     module, metadata = load_student(path)
     files = [path] if os.path.isfile(path) else sorted(
@@ -117,7 +118,8 @@ def load_student_model(path: str) -> ResolvedModel:
     identity = {"kind": "student", "name": os.path.basename(os.path.normpath(path)), "path": os.path.abspath(path),
                 "weights_sha256": h.hexdigest(), "preprocessing": repr(metadata["eval_transform"]),
                 "metadata": {k: v for k, v in metadata.items() if k != "eval_transform" and isinstance(v, (str, int, float, bool))}}
-    return ResolvedModel(module.eval(), metadata["eval_transform"], identity, path if os.path.isdir(path) else None)
+    transform = build_eval_transform(metadata["eval_transform"])
+    return ResolvedModel(module.eval(), transform, identity, path if os.path.isdir(path) else None)
 
 
 def resolve_model(spec: str, *, image_size: int | None = None) -> ResolvedModel:

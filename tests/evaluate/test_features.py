@@ -156,40 +156,35 @@ def test_cli_full_linear_and_cluster_grid_from_model_and_data(tmp_path) -> None:
     assert (pixels[:, :64] != 255).any(axis=2).all()  # the first slot of every row holds an image
 
 
-def test_teacher_and_student_specs_call_the_registries(tmp_path, monkeypatch) -> None:
-    """The resolver wiring, with stand-ins for ``load_teacher`` / ``load_student`` (written in
-    other branches)."""
-    import sys
-    import types
+def test_teacher_and_student_specs_load_real_models(tmp_path) -> None:
+    """``teacher:NAME:WEIGHTS`` goes through the teacher registry, a run dir / export through
+    ``distill.export.load_student``; both give working extractors with their own preprocessing."""
+    import torchvision
+    from PIL import Image
 
-    weights = tmp_path / "t.pth"
-    weights.write_bytes(b"weights")
-    calls = []
+    from distill.engine import run
+    from distill.export import export_student
+    from tests.distill.synthetic import make_cache, make_images
+    from tests.distill.test_engine import tiny
 
-    class Spec:
-        def eval_transform(self):
-            return "center-crop-transform"
-
-    def load_teacher(name, path):
-        calls.append(("teacher", name, path))
-        return torch.nn.Identity(), Spec()
-
-    def load_student(path):
-        calls.append(("student", path))
-        return torch.nn.Identity(), {"eval_transform": "student-transform", "arch": "resnet18"}
-
-    monkeypatch.setitem(sys.modules, "cache_builder.teachers", types.SimpleNamespace(load_teacher=load_teacher))
-    monkeypatch.setitem(sys.modules, "distill.export", types.SimpleNamespace(load_student=load_student))
-    teacher = resolve_model(f"teacher:moco_v2_r50:{weights}")
-    assert calls[-1] == ("teacher", "moco_v2_r50", str(weights)) and teacher.transform == "center-crop-transform"
+    weights = tmp_path / "mnv2.pth"
+    torch.save(torchvision.models.mobilenet_v2().state_dict(), weights)
+    teacher = resolve_model(f"teacher:supervised_mobilenet_v2:{weights}")
     assert teacher.identity["kind"] == "teacher" and len(teacher.identity["weights_sha256"]) == 64
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "student.pth").write_bytes(b"student")
-    student = resolve_model(str(run_dir))
-    assert calls[-1] == ("student", str(run_dir)) and student.transform == "student-transform"
-    assert student.run_dir == str(run_dir) and student.identity["metadata"] == {"arch": "resnet18"}
-    (run_dir / "student.pth").write_bytes(b"changed")
-    assert resolve_model(str(run_dir)).identity["weights_sha256"] != student.identity["weights_sha256"]
+    image = Image.new("RGB", (40, 30), (120, 30, 200))
+    x = teacher.transform(image)
+    assert x.shape[0] == 3 and teacher.module(x[None]).shape == (1, 1280)
+
+    data = make_images(str(tmp_path / "data"), per_class=8)
+    cache = make_cache(str(tmp_path / "cache"), data)
+    run_dir = str(tmp_path / "run")
+    run(tiny(cache, run_dir, epochs=1, batch_size=8, bank_size=16, probe_size=8))
+    student = resolve_model(run_dir)
+    assert student.run_dir == run_dir and student.identity["metadata"]["student"] == "tiny_cnn"
+    xs = student.transform(image)
+    assert xs.shape == (3, 16, 16) and student.module(xs[None]).shape == (1, 256)
+    export_student(run_dir, str(tmp_path / "s.pth"))
+    exported = resolve_model(str(tmp_path / "s.pth"))
+    assert torch.allclose(exported.module(xs[None]), student.module(xs[None]), atol=1e-6)
     with pytest.raises(ValueError, match="weights file .* does not exist"):
         resolve_model(f"teacher:moco_v2_r50:{tmp_path / 'missing.pth'}")
