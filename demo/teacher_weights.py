@@ -10,9 +10,10 @@ publishes in the file name (``b0353104``) for IMAGENET1K_V1.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
+
+from evaluate.models import file_sha256
 
 FILE_NAME = "mobilenet_v2-b0353104.pth"
 SHA256_PREFIX = "b0353104"
@@ -33,14 +34,6 @@ def candidate_paths() -> list[str]:
     return paths
 
 
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def find_teacher_weights(explicit: str | None = None) -> str:
     """Path of verified MobileNetV2 IMAGENET1K_V1 weights.
 
@@ -52,7 +45,7 @@ def find_teacher_weights(explicit: str | None = None) -> str:
     paths = [explicit] if explicit else candidate_paths()
     for p in paths:
         if p and os.path.isfile(p):
-            digest = sha256_of(p)
+            digest = file_sha256(p)
             if not digest.startswith(SHA256_PREFIX):
                 raise ValueError(f"{p}: sha256 {digest[:16]}... is not torchvision's MobileNetV2 IMAGENET1K_V1 ({SHA256_PREFIX}...)")
             return p

@@ -8,7 +8,6 @@ Samples are uint8 ``(3, S, S)`` tensors; normalisation happens on the training d
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -17,6 +16,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
 from cache_builder.image_list import ImageList
+from cache_builder.transforms import sample_rrc
 
 
 def open_rgb(path: str) -> Image.Image:
@@ -26,30 +26,6 @@ def open_rgb(path: str) -> Image.Image:
             return im.convert("RGB")
     except (OSError, ValueError) as e:
         raise OSError(f"{path}: cannot be decoded as an image ({e})") from None
-
-
-def sample_crop(width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], g: torch.Generator) -> tuple[int, int, int, int]:
-    """RandomResizedCrop box ``(top, left, h, w)`` drawn with generator ``g`` (the standard
-    10-attempt rule, falling back to a centre crop of the clamped ratio)."""
-    area = width * height
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * (scale[0] + (scale[1] - scale[0]) * torch.rand((), generator=g).item())
-        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * torch.rand((), generator=g).item())
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, (), generator=g))
-            left = int(torch.randint(0, width - w + 1, (), generator=g))
-            return top, left, h, w
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        h, w = height, int(round(height * ratio[1]))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
 
 
 class AugmentedImages(Dataset):
@@ -68,7 +44,7 @@ class AugmentedImages(Dataset):
         epoch, row = key
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + row)
         im = open_rgb(self.images.absolute(row))
-        top, left, h, w = sample_crop(im.width, im.height, self.scale, (3 / 4, 4 / 3), g)
+        top, left, h, w = sample_rrc(im.height, im.width, g, self.scale)
         im = TF.resized_crop(im, top, left, h, w, [self.size, self.size], antialias=True)
         if torch.rand((), generator=g).item() < 0.5:
             im = TF.hflip(im)
