@@ -276,7 +276,7 @@ class Trainer:
         teacher = self.targets.gather(rows)
         with self._autocast():
             student_out = self.model(x)
-            loss = self.objective(student_out, teacher)
+            loss = self.objective(student_out, teacher, rows)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
