@@ -189,10 +189,9 @@ class Trainer:
         # what DDP wraps; the unwrapped self.student is what is saved, exported and EMA-copied
         self.model: nn.Module = QueryNetwork(self.student, self.objective.projection)
         if self.world > 1:
-            # the constructor broadcasts rank 0's parameters and buffers; broadcast_buffers keeps
-            # the BN running statistics identical across ranks (rank 0's) at every forward
-            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                                             broadcast_buffers=True)
+            # the constructor broadcasts rank 0's parameters and buffers, and (DDP's default) every
+            # forward re-broadcasts rank 0's buffers, so BN running statistics stay rank 0's
+            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.objective.uses_key_student:
             self.key_student = copy.deepcopy(self.student)  # after the DDP broadcast: the same start on every rank
             for p in self.key_student.parameters():
