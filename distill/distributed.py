@@ -26,8 +26,8 @@ def init_from_env(device: torch.device) -> None:
     """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         if device.type == "cuda":
-            torch.cuda.set_device(device)
-            dist.init_process_group("nccl", device_id=device)
+            torch.cuda.set_device(device)  # before NCCL: each rank talks through its own GPU
+            dist.init_process_group("nccl")
         else:
             dist.init_process_group("gloo")
 
