@@ -29,6 +29,14 @@ VARIANTS = ("2q", "2q-momentum", "1q")
 MASKED_LOGIT = -1e4
 
 
+def normalised_query(student_embeddings: torch.Tensor, projection: nn.Module | None) -> torch.Tensor:
+    """``(B, D_s)`` student head output -> L2-normalised float32 query ``(B, D_s)``, or
+    ``(B, D_t)`` through the 1q ``projection``."""
+    if projection is not None:
+        student_embeddings = projection(student_embeddings)
+    return F.normalize(student_embeddings.float(), dim=1)
+
+
 class CompRessObjective(nn.Module):
     """Holds the banks (and the 1q projection) and computes the loss for a batch.
 
@@ -71,9 +79,7 @@ class CompRessObjective(nn.Module):
 
     def student_query(self, student_embeddings: torch.Tensor) -> torch.Tensor:
         """L2-normalised student query ``(B, D_s)`` (``(B, D_t)`` after the 1q projection)."""
-        if self.projection is not None:
-            student_embeddings = self.projection(student_embeddings)
-        return F.normalize(student_embeddings.float(), dim=1)
+        return normalised_query(student_embeddings, self.projection)
 
     def logits(
         self, student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor, row_ids: torch.Tensor | None = None
@@ -89,11 +95,17 @@ class CompRessObjective(nn.Module):
                 sizeable fraction of the dataset: a self-anchor takes most of the teacher's mass
                 (similarity 1 / tau) and turns the target into instance discrimination.
         """
+        return self.query_logits(self.student_query(student_embeddings), teacher_embeddings, row_ids)
+
+    def query_logits(
+        self, query: torch.Tensor, teacher_embeddings: torch.Tensor, row_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As ``logits``, from the already projected and normalised student query ``(B, D_q)``
+        (``student_query``; computed inside the DDP-wrapped module during training)."""
         bank_dtype = self.teacher_bank.anchors.dtype
         teacher_query = F.normalize(teacher_embeddings.float(), dim=1).to(bank_dtype)
         with torch.no_grad():
             teacher_logits = similarity_logits(teacher_query, self.teacher_bank.anchors, self.t_teacher)
-        query = self.student_query(student_embeddings)
         student_anchors = self.teacher_bank.anchors if self.student_bank is None else self.student_bank.anchors
         student_logits = similarity_logits(query.to(bank_dtype), student_anchors, self.t_student)
         if row_ids is not None:
@@ -105,7 +117,11 @@ class CompRessObjective(nn.Module):
     def forward(self, student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor, row_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The scalar CompRess loss of the batch against the current banks (``row_ids``: see
         ``logits``)."""
-        teacher_logits, student_logits = self.logits(student_embeddings, teacher_embeddings, row_ids)
+        return self.query_loss(self.student_query(student_embeddings), teacher_embeddings, row_ids)
+
+    def query_loss(self, query: torch.Tensor, teacher_embeddings: torch.Tensor, row_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The scalar loss from the student query ``(B, D_q)`` (see ``query_logits``)."""
+        teacher_logits, student_logits = self.query_logits(query, teacher_embeddings, row_ids)
         return compress_loss(teacher_logits, student_logits)
 
     @torch.no_grad()
