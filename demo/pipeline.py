@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from demo.fashion_mnist import CLASSES, Split, balanced_subset, find_full_set, load_full_set, load_subset
+from demo.fashion_mnist import Split, balanced_subset, find_full_set, load_full_set, load_subset
 from demo.image_folder import export_split
 
 log = logging.getLogger(__name__)
@@ -135,35 +135,42 @@ def distill_config(cfg: DemoConfig, cache: str, data: str) -> Any:
 
 
 # ---- stage 4: features ------------------------------------------------------------------
-def raw_pixel_features(splits: dict[str, Split], out: str) -> str:
-    """``out/{train,val}`` stores of raw pixels (784-d, L2-normalised at evaluation), rows in
-    the ImageFolder listing's order (class folder, then file name)."""
+def raw_pixel_features(splits: dict[str, Split], data: str, out: str) -> str:
+    """``out/{train,val}`` stores of raw pixels (784-d, L2-normalised at evaluation), rows,
+    labels and paths exactly as the ImageFolder listing of ``data`` (the export's file names
+    are the images' indices)."""
     from demo.image_folder import split_fingerprint
+    from evaluate.image_folder import list_classes, list_split
     from storage import create_store
 
+    classes = list_classes(data)
     for name, split in splits.items():
-        order = np.lexsort((np.arange(len(split.labels)), split.labels))
+        listing = list_split(data, name, classes)
+        order = np.array([int(os.path.splitext(os.path.basename(p))[0]) for p in listing.paths])
         pixels = split.images.reshape(len(split.labels), -1)[order].astype(np.float32) / 255.0
-        labels = split.labels[order]
-        paths = [f"{CLASSES[int(split.labels[i])]}/{i:05d}.png" for i in order]
-        writer = create_store(os.path.join(out, name), len(labels), pixels.shape[1], "float32", backend="zarr", normalized=False,
+        writer = create_store(os.path.join(out, name), len(order), pixels.shape[1], "float32", backend="zarr", normalized=False,
                               fingerprint=split_fingerprint(split), provenance={"model": "raw pixels", "split": name}, exist_ok=True)
+        labels = np.asarray(listing.labels, dtype=np.int64)
         for shard in writer.pending_shards():
             a, b = writer.shard_rows(shard)
-            writer.write_shard(shard, pixels[a:b], index=np.arange(a, b), labels=labels[a:b], paths=paths[a:b])
+            writer.write_shard(shard, pixels[a:b], index=np.arange(a, b), labels=labels[a:b], paths=list(listing.paths[a:b]))
         writer.finalize()
     return out
+
+
+def eval_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def model_features(model: str, data: str, out: str, cfg: DemoConfig) -> str:
     from evaluate.features import FeaturesConfig, extract_features
 
-    device = "cpu" if cfg.device == "auto" else cfg.device
-    if cfg.device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    extract_features(FeaturesConfig(model=model, data=data, out=out, batch_size=256, workers=cfg.workers, device=device))
+    extract_features(FeaturesConfig(model=model, data=data, out=out, batch_size=256, workers=cfg.workers, device=eval_device(cfg.device)))
     return out
 
 
@@ -310,7 +317,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     feats = os.path.join(cfg.out, "features")
     sources = {
-        "raw pixels": raw_pixel_features(splits, os.path.join(feats, "pixels")),
+        "raw pixels": raw_pixel_features(splits, data, os.path.join(feats, "pixels")),
         f"teacher: MobileNetV2 @{cfg.teacher_size}px": cache,
         f"student untrained: {cfg.student} @{cfg.student_size}px": model_features(untrained, data, os.path.join(feats, "untrained"), cfg),
         f"student CompRess: {cfg.student} @{cfg.student_size}px": model_features(dcfg.out, data, os.path.join(feats, "student"), cfg),
