@@ -227,14 +227,20 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
     @torch.no_grad()
-    def embed_reference_views(self, model: Student, rows: torch.Tensor) -> torch.Tensor:
-        """Head outputs ``(R, dim)`` of ``model`` (eval mode) for the reference views of ``rows``
-        (centre crops; cached view 0 of a multi-view cache), matching ``targets.reference``."""
+    def embed_reference_views(self, model: Student, rows: torch.Tensor, train_bn: bool = False) -> torch.Tensor:
+        """Head outputs ``(R, dim)`` of ``model`` for the reference views of ``rows`` (centre
+        crops; cached view 0 of a multi-view cache), matching ``targets.reference``: eval mode,
+        or with ``train_bn`` BatchNorm on batch statistics (as the keys enqueued during
+        training), run on a copy so that ``model``'s running statistics are left untouched."""
+        if train_bn:
+            model = copy.deepcopy(model)
         was_training = model.training
-        model.eval()
+        model.train(train_bn)
         recipe = eval_transform_recipe(self.student.spec, self.input_size)
         dataset = ReferenceImages(self.targets.images, recipe["crop"], recipe["resize"], self.targets.crops)
         batches = [rows[i:i + self.cfg.batch_size].tolist() for i in range(0, len(rows), self.cfg.batch_size)]
+        if train_bn and len(batches) > 1 and len(batches[-1]) == 1:  # BN batch statistics need 2+ images
+            batches[-2] += batches.pop()
         out = []
         for images, _ in self._loader(dataset, batches):
             with self._autocast():
@@ -255,11 +261,13 @@ class Trainer:
 
     def init_banks(self) -> None:
         """Fill the banks from real data: teacher rows of ``bank_size`` random images and the
-        (key) student's embeddings of the same images."""
+        (key) student's embeddings of the same images, computed as the keys enqueued during
+        training are (BN on batch statistics): an untrained student in eval mode (running
+        statistics 0/1) maps every image to nearly the same vector, a bank with no signal."""
         rows = torch.randperm(len(self.targets.images), generator=torch.Generator().manual_seed(self.cfg.seed + 2))[: self.bank_size]
         key = None
         if self.objective.student_bank is not None:
-            key = self.embed_reference_views(self.key_student or self.student, rows)
+            key = self.embed_reference_views(self.key_student or self.student, rows, train_bn=True)
         self.objective.fill(self.targets.reference(rows), key, rows.to(self.device))
 
     # ---- checkpoints ------------------------------------------------------------------
