@@ -140,6 +140,7 @@ def raw_pixel_features(splits: dict[str, Split], data: str, out: str) -> str:
     labels and paths exactly as the ImageFolder listing of ``data`` (the export's file names
     are the images' indices)."""
     from demo.image_folder import split_fingerprint
+    from evaluate.features import complete_store_matches
     from evaluate.image_folder import list_classes, list_split
     from storage import create_store
 
@@ -148,8 +149,11 @@ def raw_pixel_features(splits: dict[str, Split], data: str, out: str) -> str:
         listing = list_split(data, name, classes)
         order = np.array([int(os.path.splitext(os.path.basename(p))[0]) for p in listing.paths])
         pixels = split.images.reshape(len(split.labels), -1)[order].astype(np.float32) / 255.0
-        writer = create_store(os.path.join(out, name), len(order), pixels.shape[1], "float32", backend="zarr", normalized=False,
-                              fingerprint=split_fingerprint(split), provenance={"model": "raw pixels", "split": name}, exist_ok=True)
+        path, fingerprint = os.path.join(out, name), split_fingerprint(split)
+        if complete_store_matches(path, fingerprint):
+            continue
+        writer = create_store(path, len(order), pixels.shape[1], "float32", backend="zarr", normalized=False,
+                              fingerprint=fingerprint, provenance={"model": "raw pixels", "split": name}, exist_ok=True)
         labels = np.asarray(listing.labels, dtype=np.int64)
         for shard in writer.pending_shards():
             a, b = writer.shard_rows(shard)

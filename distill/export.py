@@ -66,17 +66,19 @@ def export_student(run_dir: str, out: str) -> dict[str, Any]:
 
 def export_untrained(student: str, dim: int, input_size: int | None, out: str, seed: int = 0) -> dict[str, Any]:
     """Export the randomly initialised backbone a run with ``seed`` starts from (the
-    "untrained student" baseline), in the same format as ``export_student``."""
-    torch.manual_seed(seed)  # as distill.engine.Trainer does before building the student
-    model = build_student(student, dim)
-    spec = model.spec
+    "untrained student" baseline), in the same format as ``export_student``. An existing
+    export of the same student, dim, size and seed is kept as it is."""
+    spec = get_student_spec(student)
     size = int(input_size or spec.input_size)
     meta = {
         "architecture": spec.architecture, "student": spec.name, "feature_dim": spec.feature_dim, "image_size": size,
         "eval_transform": eval_transform_recipe(spec, size), "teacher": "none (untrained)", "cache": None,
         "run_fingerprint": None, "epochs": 0, "steps": 0, "dim": int(dim), "seed": int(seed),
     }
-    _write_export(model.backbone.state_dict(), meta, out)
+    if os.path.isfile(out) and os.path.isfile(sidecar_path(out)) and json.load(open(sidecar_path(out))) == meta:
+        return meta
+    torch.manual_seed(seed)  # as distill.engine.Trainer does before building the student
+    _write_export(build_student(student, dim).backbone.state_dict(), meta, out)
     return meta
 
 

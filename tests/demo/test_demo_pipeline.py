@@ -55,8 +55,9 @@ def test_the_report_files_are_written(demo_run) -> None:
 def test_a_rerun_reuses_every_stage(demo_run) -> None:
     cfg, result = demo_run
     stamps = {p: os.path.getmtime(os.path.join(cfg.out, p)) for p in (
-        "cache/train/manifest.json", "features/student/train/manifest.json", "features/pixels/val/manifest.json",
-        "results/3/knn.json", "results/profiles.json",
+        "data/train/.complete", "cache/train/shard-00000.done", "cache/val/shard-00000.done",
+        "features/student/train/shard-00000.done", "features/untrained/val/shard-00000.done",
+        "features/pixels/val/shard-00000.done", "runs/untrained/student.pth", "results/3/knn.json", "results/profiles.json",
     )}
     again = run_demo(cfg)
     assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in result["rows"]]
