@@ -6,7 +6,7 @@ the demo's defaults, and reports the student's val kNN accuracy (CompRess protoc
 kNN-20, L2 on L2-normalised features) next to the teacher's, as the paper's ablation tables
 do (DESIGN.md section 2: bigger bank better, tau = 0.04 best).
 
-    python bench/ablation.py --out runs/demo                 # CPU: 5k/1k images
+    python bench/ablation.py --out runs/ablation --train-per-class 500 --val-per-class 100 --epochs 15   # CPU
     python bench/ablation.py --out runs/demo-full --full     # GPU: all 60k/10k
 
 Every run resumes/reuses: rerunning after an interruption continues where it stopped.
@@ -45,6 +45,8 @@ def main() -> None:
     p.add_argument("--out", default="runs/demo", help="demo output directory (data and cache are shared with compress-demo)")
     p.add_argument("--full", action="store_true", help="all images (60k/10k when the full Fashion-MNIST is installed)")
     p.add_argument("--epochs", type=int, default=None, help="distillation epochs (default: the demo's)")
+    p.add_argument("--train-per-class", type=int, default=None, help="balanced subset size (default: the demo's)")
+    p.add_argument("--val-per-class", type=int, default=None)
     p.add_argument("--groups", default="bank,temperature,variant", help="comma-separated: bank, temperature, variant")
     p.add_argument("--device", default="auto")
     p.add_argument("--markdown", default=None, help="also write the table here (default OUT/ablation.md)")
@@ -52,8 +54,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     base = DemoConfig(out=args.out, full=args.full, device=args.device, progress=False)
-    if args.epochs:
-        base = dataclasses.replace(base, epochs=args.epochs)
+    for field in ("epochs", "train_per_class", "val_per_class"):
+        if getattr(args, field):
+            base = dataclasses.replace(base, **{field: getattr(args, field)})
     data, splits, source = prepare_data(base)
     cache = build_teacher_cache(base, data, find_teacher_weights(base.weights))
     from evaluate.knn import KnnConfig, knn
