@@ -488,7 +488,7 @@ def plot_loss_curve(metrics_path: str, png_path: str) -> None:
         ax2.plot(*zip(*agree), "o-", color="tab:orange", label="teacher-student NN agreement")
         ax2.set_ylabel("neighbour agreement")
         ax2.set_ylim(0, 1)
-        ax2.legend(loc="upper right")
+        ax2.legend(loc="center right")
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(png_path + ".tmp.png", dpi=100)

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 PACKAGES = ["storage", "cache_builder", "distill", "evaluate", "demo"]
-CLIS = ["cache_builder.cli", "distill.cli", "evaluate.cli"]
+CLIS = ["cache_builder.cli", "distill.cli", "evaluate.cli", "demo.cli"]
 HEAVY = ["torch", "torchvision", "faiss", "zarr", "h5py", "scipy"]
 
 # who may import whom (DESIGN.md section 1)
