@@ -286,29 +286,13 @@ class GpuDecoder:
         self.images = images
 
     def __call__(self, indices: torch.Tensor, raw: list[torch.Tensor]) -> torch.Tensor:
-        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-
         from cache_builder.dataset import BadImageError
+        from cache_builder.image_decode import decode_batch
 
-        jpeg = [i for i, b in enumerate(raw) if len(b) > 2 and int(b[0]) == 0xFF and int(b[1]) == 0xD8]
-        decoded: dict[int, torch.Tensor] = {}
-        if jpeg:
-            try:
-                outs = decode_jpeg([raw[i] for i in jpeg], mode=ImageReadMode.RGB, device=self.device)
-                decoded.update(zip(jpeg, outs))
-            except RuntimeError:
-                pass  # one bad file fails the whole batch call: fall back per image below
-        out = []
-        for i, b in enumerate(raw):
-            img = decoded.get(i)
-            if img is None:
-                path = self.images.absolute(int(indices[i]))
-                try:
-                    img = decode_image(b, mode=ImageReadMode.RGB).to(self.device)
-                except RuntimeError as e:
-                    raise BadImageError(f"{path}: cannot decode image ({e})") from None
-            out.append(self.transform(img))
-        return torch.stack(out)
+        def error(i: int, e: Exception) -> Exception:
+            return BadImageError(f"{self.images.absolute(int(indices[i]))}: cannot decode image ({e})")
+
+        return torch.stack([self.transform(img) for img in decode_batch(raw, self.device, error)])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -56,10 +56,6 @@ def collate_encoded(samples: list[tuple[EncodedView, int, int]]) -> tuple[list[E
     return list(encoded), torch.tensor(rows, dtype=torch.int64), torch.tensor(views, dtype=torch.int64)
 
 
-def _is_jpeg(data: torch.Tensor) -> bool:
-    return data.numel() > 2 and int(data[0]) == 0xFF and int(data[1]) == 0xD8
-
-
 class GpuViewDecoder:
     """``[EncodedView] * B`` -> uint8 ``(B, 3, S, S)`` on ``device``: decode, crop, resize, flip.
 
@@ -76,27 +72,15 @@ class GpuViewDecoder:
         self.device = device
 
     def __call__(self, encoded: list[EncodedView]) -> torch.Tensor:
-        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
         from torchvision.transforms.v2 import functional as F
 
-        jpeg = [i for i, e in enumerate(encoded) if _is_jpeg(e.data)]
-        decoded: dict[int, torch.Tensor] = {}
-        if jpeg:
-            try:
-                decoded.update(zip(jpeg, decode_jpeg([encoded[i].data for i in jpeg], mode=ImageReadMode.RGB, device=self.device)))
-            except RuntimeError:
-                pass  # one bad file fails the whole batch call: decode one by one below
+        from cache_builder.image_decode import decode_batch
+
+        def error(i: int, err: Exception) -> Exception:
+            return OSError(f"{encoded[i].path}: cannot be decoded as an image ({err})")
+
         out = []
-        for i, e in enumerate(encoded):
-            img = decoded.get(i)
-            if img is None:
-                try:
-                    if _is_jpeg(e.data):
-                        img = decode_jpeg(e.data, mode=ImageReadMode.RGB, device=self.device)
-                    else:
-                        img = decode_image(e.data, mode=ImageReadMode.RGB).to(self.device, non_blocking=True)
-                except RuntimeError as err:
-                    raise OSError(f"{e.path}: cannot be decoded as an image ({err})") from None
+        for e, img in zip(encoded, decode_batch([e.data for e in encoded], self.device, error)):
             top, left, h, w, flip = e.box
             if top + h > img.shape[1] or left + w > img.shape[2]:
                 raise ValueError(f"{e.path}: decoded size {tuple(img.shape[1:])} is smaller than the view box {e.box}")
