@@ -27,13 +27,16 @@ from distill import distributed as D
 from distill.checkpoint import load_checkpoint, save_atomic
 from distill.data import AugmentedImages, CenterCropImages, normalise
 from distill.objective import VARIANTS, CompRessObjective
+from distill.static_support import StaticSupportObjective
 from distill.students import Student, build_student, eval_transform_recipe
-from distill.targets import TeacherTargets, load_targets
+from distill.targets import TeacherTargets, load_targets, train_store_path
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 # fields that do not change what is trained (so they may differ on resume)
 RUNTIME_FIELDS = ("out", "workers", "log_every", "ckpt_every", "max_steps", "device", "compile", "fresh", "progress", "shared_cache")
+BANKS = ("queue", "static-faiss")
+STATIC_FIELDS = ("bank", "neighbours", "random_anchors")  # not fingerprinted with --bank queue (old runs still resume)
 
 
 class RunMismatchError(ValueError):
@@ -75,6 +78,9 @@ class DistillConfig:
     fresh: bool = False
     progress: bool = True
     shared_cache: bool = False
+    bank: str = "queue"
+    neighbours: int = 1024
+    random_anchors: int = 4096
 
     def validate(self) -> None:
         if self.variant not in VARIANTS:
@@ -86,6 +92,13 @@ class DistillConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.bank not in BANKS:
+            raise ValueError(f"--bank must be one of {', '.join(BANKS)}, got {self.bank!r}")
+        if self.bank == "static-faiss":
+            if self.variant != "1q":
+                raise ValueError(f"--bank static-faiss compares the projected student with teacher anchors (1q-style); it needs --variant 1q, got {self.variant!r}")
+            if self.neighbours <= 0 or self.random_anchors < 0:
+                raise ValueError(f"--neighbours must be positive and --random-anchors >= 0, got {self.neighbours} and {self.random_anchors}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -102,6 +115,8 @@ def learning_rate(cfg: DistillConfig, epoch: int, step_in_epoch: int, steps_per_
 def fingerprint(cfg: DistillConfig, targets: TeacherTargets) -> str:
     """Identity of a run: training-relevant config + the cache's shard checksums."""
     fields = {k: v for k, v in cfg.to_json().items() if k not in RUNTIME_FIELDS and k not in ("cache", "data")}
+    if cfg.bank == "queue":
+        fields = {k: v for k, v in fields.items() if k not in STATIC_FIELDS}
     h = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
     for rec in targets.store.manifest.shards:
         h.update(str(rec.checksum).encode())
@@ -133,7 +148,10 @@ class Trainer:
         self.input_size = cfg.input_size or self.student.spec.input_size
         self.key_student: Student | None = None
         bank_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.objective = CompRessObjective(cfg.variant, self.targets.dim, cfg.dim, self.bank_size, cfg.t_teacher, cfg.t_student, bank_dtype).to(self.device)
+        if cfg.bank == "static-faiss":
+            self.objective: CompRessObjective | StaticSupportObjective = self._static_objective(bank_dtype)
+        else:
+            self.objective = CompRessObjective(cfg.variant, self.targets.dim, cfg.dim, self.bank_size, cfg.t_teacher, cfg.t_student, bank_dtype).to(self.device)
         if self.objective.uses_key_student:
             self.key_student = copy.deepcopy(self.student)
             for p in self.key_student.parameters():
@@ -155,6 +173,18 @@ class Trainer:
         self.global_step = 0
         self.fingerprint = fingerprint(cfg, self.targets)
         self.probe_rows = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[: min(cfg.probe_size, n)]
+
+    def _static_objective(self, compute_dtype: torch.dtype) -> StaticSupportObjective:
+        """``--bank static-faiss``: load (rank 0 computes when missing) the neighbour table."""
+        from distill.neighbours import ensure_neighbours, load_neighbours
+
+        store = train_store_path(self.cfg.cache)
+        if D.rank() == 0:
+            ensure_neighbours(store, self.cfg.neighbours)
+        D.barrier()
+        table = torch.from_numpy(load_neighbours(store, self.cfg.neighbours).rows).to(self.device)
+        return StaticSupportObjective(self.targets.embeddings, table, self.cfg.dim, self.cfg.random_anchors, self.cfg.t_teacher,
+                                      self.cfg.t_student, self.cfg.seed, compute_dtype).to(self.device)
 
     # ---- helpers ---------------------------------------------------------------------
     def _loader(self, dataset: Any, batches: list[list[Any]]) -> DataLoader:
@@ -197,6 +227,8 @@ class Trainer:
     def init_banks(self) -> None:
         """Fill the banks from real data: teacher rows of ``bank_size`` random images and the
         (key) student's embeddings of the same images."""
+        if self.cfg.bank == "static-faiss":
+            return  # the static support is the whole cached split: nothing to fill
         rows = torch.randperm(len(self.targets.images), generator=torch.Generator().manual_seed(self.cfg.seed + 2))[: self.bank_size]
         key = None
         if self.objective.student_bank is not None:
@@ -276,7 +308,7 @@ class Trainer:
         teacher = self.targets.gather(rows)
         with self._autocast():
             student_out = self.model(x)
-            loss = self.objective(student_out, teacher)
+            loss = self.objective(student_out, teacher, rows)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -88,8 +88,9 @@ class CompRessObjective(nn.Module):
         student_logits = similarity_logits(query.to(bank_dtype), student_anchors, self.t_student)
         return teacher_logits, student_logits
 
-    def forward(self, student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor) -> torch.Tensor:
-        """The scalar CompRess loss of the batch against the current banks."""
+    def forward(self, student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The scalar CompRess loss of the batch against the current banks (``rows``, the
+        batch's dataset rows, are part of the bank-strategy interface; the queues do not use them)."""
         teacher_logits, student_logits = self.logits(student_embeddings, teacher_embeddings)
         return compress_loss(teacher_logits, student_logits)
 
