@@ -30,7 +30,9 @@ def similarity_logits(queries: torch.Tensor, anchors: torch.Tensor, temperature:
         raise ValueError(f"queries have dimension {queries.shape[-1]}, anchors {anchors.shape[-1]}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    return (queries @ anchors.to(queries.dtype).T).float() / temperature
+    # scaling the (B, D) queries instead of the (B, N) product saves a pass over the logits
+    # (and another in the backward)
+    return ((queries * (1.0 / temperature)) @ anchors.to(queries.dtype).T).float()
 
 
 def teacher_distribution(teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -117,7 +119,8 @@ def support_logits(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    logits = torch.cat([neighbour_term(queries, neighbour_anchors), random_term(queries, random_anchors)], dim=1).float() / temperature
+    scaled = queries * (1.0 / temperature)
+    logits = torch.cat([neighbour_term(scaled, neighbour_anchors), random_term(scaled, random_anchors)], dim=1).float()
     if valid is not None:
         if valid.shape != logits.shape:
             raise ValueError(f"valid mask {tuple(valid.shape)} does not match the support logits {tuple(logits.shape)}")
