@@ -55,7 +55,7 @@ def cpu_name() -> str:
 
 
 def make_trainer(student_name: str, teacher_dim: int, student_dim: int, bank: int, cache_rows: int, variant: str,
-                 device: torch.device, seed: int = 0) -> Trainer:
+                 device: torch.device, seed: int = 0, bank_dtype: torch.dtype | None = None) -> Trainer:
     """A ``Trainer`` holding the real engine pieces (student, key student, objective, targets,
     optimizer) on synthetic cached rows, without a cache or images on disk."""
     g = torch.Generator().manual_seed(seed)
@@ -68,7 +68,8 @@ def make_trainer(student_name: str, teacher_dim: int, student_dim: int, bank: in
     if device.type == "cuda":
         tr.student = tr.student.to(memory_format=torch.channels_last)
     tr.model = tr.student
-    bank_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if bank_dtype is None:
+        bank_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # as the engine
     tr.objective = CompRessObjective(variant, teacher_dim, student_dim, bank, cfg.t_teacher, cfg.t_student, bank_dtype).to(device)
     tr.key_student = None
     if tr.objective.uses_key_student:
@@ -121,13 +122,9 @@ class ReferenceStep:
         self.bank_s = None if obj.student_bank is None else obj.student_bank.anchors.float().clone()
         self.pointer = 0
 
-    def __call__(self, tr: Trainer, images: torch.Tensor, rows: torch.Tensor, lr: float) -> float:
-        for group in tr.optimizer.param_groups:
-            group["lr"] = lr
-        x = tr._to_input(images)
+    def loss(self, tr: Trainer, out: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, normalised teacher rows)``: fp32 gather, bank clones, fp32 matmuls."""
         teacher = F.normalize(self.cache[rows.to(self.cache.device)], dim=1)
-        with tr._autocast():
-            out = tr.model(x)
         obj = tr.objective
         query = obj.projection(out.float()) if obj.projection is not None else out.float()
         s = F.normalize(query.float(), dim=1)
@@ -135,19 +132,38 @@ class ReferenceStep:
         bank_s = bank_t if self.bank_s is None else self.bank_s.clone().detach()
         logits_t = teacher @ bank_t.T / obj.t_teacher
         logits_s = s @ bank_s.T / obj.t_student
-        loss = F.kl_div(F.log_softmax(logits_s, dim=1), F.softmax(logits_t, dim=1), reduction="batchmean")
+        return F.kl_div(F.log_softmax(logits_s, dim=1), F.softmax(logits_t, dim=1), reduction="batchmean"), teacher
+
+    def enqueue(self, teacher: torch.Tensor, key: torch.Tensor | None) -> None:
+        b = teacher.shape[0]
+        idx = ((torch.arange(b) + self.pointer) % self.bank_t.shape[0]).to(self.bank_t.device)
+        self.bank_t[idx] = teacher
+        if self.bank_s is not None and key is not None:
+            self.bank_s[idx] = F.normalize(key, dim=1)
+        self.pointer = (self.pointer + b) % self.bank_t.shape[0]
+
+    def __call__(self, tr: Trainer, images: torch.Tensor, rows: torch.Tensor, lr: float) -> float:
+        for group in tr.optimizer.param_groups:
+            group["lr"] = lr
+        x = tr._to_input(images)
+        with tr._autocast():
+            out = tr.model(x)
+        loss, teacher = self.loss(tr, out, rows)
         tr.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         tr.optimizer.step()
         key = ema_and_key(tr, x)
         if key is None and self.bank_s is not None:
             key = out.detach().float()
-        b = teacher.shape[0]
-        idx = (torch.arange(b) + self.pointer) % self.bank_t.shape[0]
-        self.bank_t[idx.to(self.bank_t.device)] = teacher
-        if self.bank_s is not None and key is not None:
-            self.bank_s[idx.to(self.bank_s.device)] = F.normalize(key, dim=1)
-        self.pointer = (self.pointer + b) % self.bank_t.shape[0]
+        self.enqueue(teacher, key)
+        return loss.item()
+
+    def alone(self, tr: Trainer, images: torch.Tensor, rows: torch.Tensor, lr: float) -> float:
+        """Only the reference's loss + banks + gather, on a cached student output."""
+        out = tr._bench_student_out.detach().requires_grad_(True)  # type: ignore[attr-defined]
+        loss, teacher = self.loss(tr, out, rows)
+        loss.backward()
+        self.enqueue(teacher, out.detach() if self.bank_s is not None else None)
         return loss.item()
 
 
@@ -182,7 +198,8 @@ def bench_pair(pair: str, args: argparse.Namespace, device: torch.device) -> dic
     teacher_dim, student_dim = int(parts[0]), int(parts[1])
     student = parts[2] if len(parts) == 3 else args.student
     cache_rows = max(args.cache_rows, args.bank + args.batch_size)
-    tr = make_trainer(student, teacher_dim, student_dim, args.bank, cache_rows, args.variant, device)
+    bank_dtype = None if args.bank_dtype == "engine" else getattr(torch, args.bank_dtype)
+    tr = make_trainer(student, teacher_dim, student_dim, args.bank, cache_rows, args.variant, device, bank_dtype=bank_dtype)
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randint(0, 256, (args.batch_size, 3, args.input_size, args.input_size), dtype=torch.uint8, generator=g),
                 torch.randperm(cache_rows, generator=g)[:args.batch_size]) for _ in range(args.steps)]
@@ -192,7 +209,7 @@ def bench_pair(pair: str, args: argparse.Namespace, device: torch.device) -> dic
     with torch.no_grad(), tr._autocast():
         tr._bench_student_out = tr.model(tr._to_input(batches[0][0])).float()  # type: ignore[attr-defined]
     methods: dict[str, Callable[..., Any]] = {"bare": bare_step, "full": Trainer.train_step, "reference": reference,
-                                              "objective": objective_only}
+                                              "objective": objective_only, "reference_objective": reference.alone}
     for step in methods.values():  # warm-up (allocations, kernel selection)
         time_steps(step, tr, batches[: args.warmup], device)
     times: dict[str, list[float]] = {m: [] for m in methods}
@@ -218,23 +235,27 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3 if gpu else 1)
     p.add_argument("--repeats", type=int, default=5 if gpu else 7)
     p.add_argument("--device", default="cuda" if gpu else "cpu")
+    p.add_argument("--bank-dtype", default="engine", choices=["engine", "float32", "bfloat16"],
+                   help="bank storage/matmul dtype [default: the engine's choice, bf16 on GPU, fp32 on CPU]")
     args = p.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"machine: {os.cpu_count()} cores ({cpu_name()}), torch {torch.__version__}, threads {torch.get_num_threads()}, device {device} ({name})")
     print(f"{args.variant}, batch {args.batch_size} x {args.input_size} px, bank {args.bank}, "
-          f"{'bf16 autocast + bf16 banks' if device.type == 'cuda' else 'fp32'}, "
+          f"{'bf16 autocast' if device.type == 'cuda' else 'fp32 model'}, banks {args.bank_dtype}, "
           f"median of {args.repeats} repeats x {args.steps} steps (per-step times)\n")
     print("| D_t | D_s | student | bare step (ms) | full step (ms) | overhead (full - bare) / full | "
-          "loss + banks + gather alone (ms, % of full) | reference step (ms) | reference overhead |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "loss + banks + gather alone (ms, % of full) | reference step (ms) | reference overhead | "
+          "reference loss + banks + gather alone (ms, % of its step) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for pair in args.pairs:
         r = bench_pair(pair, args, device)
         over = (r["full"] - r["bare"]) / r["full"]
         ref_over = (r["reference"] - r["bare"]) / r["reference"]
         print(f"| {r['teacher_dim']} | {r['student_dim']} | {r['student']} | {1e3 * r['bare']:.1f} | {1e3 * r['full']:.1f} | "
               f"{100 * over:.1f} % | {1e3 * r['objective']:.1f} ({100 * r['objective'] / r['full']:.1f} %) | "
-              f"{1e3 * r['reference']:.1f} | {100 * ref_over:.1f} % |", flush=True)
+              f"{1e3 * r['reference']:.1f} | {100 * ref_over:.1f} % | "
+              f"{1e3 * r['reference_objective']:.1f} ({100 * r['reference_objective'] / r['reference']:.1f} %) |", flush=True)
 
 
 if __name__ == "__main__":

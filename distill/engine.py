@@ -179,11 +179,11 @@ class Trainer:
         from distill.neighbours import ensure_neighbours, load_neighbours
 
         store = train_store_path(self.cfg.cache)
-        if D.rank() == 0:
-            ensure_neighbours(store, self.cfg.neighbours)
+        table = ensure_neighbours(store, self.cfg.neighbours) if D.rank() == 0 else None
         D.barrier()
-        table = torch.from_numpy(load_neighbours(store, self.cfg.neighbours).rows).to(self.device)
-        return StaticSupportObjective(self.targets.embeddings, table, self.cfg.dim, self.cfg.random_anchors, self.cfg.t_teacher,
+        table = table or load_neighbours(store, self.cfg.neighbours)
+        rows = torch.from_numpy(table.rows).to(self.device)
+        return StaticSupportObjective(self.targets.embeddings, rows, self.cfg.dim, self.cfg.random_anchors, self.cfg.t_teacher,
                                       self.cfg.t_student, self.cfg.seed, compute_dtype).to(self.device)
 
     # ---- helpers ---------------------------------------------------------------------
