@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill.engine import DistillConfig, Trainer  # noqa: E402
+from distill.engine import DistillConfig, QueryNetwork, Trainer  # noqa: E402
 from distill.objective import CompRessObjective  # noqa: E402
 from distill.students import build_student  # noqa: E402
 from distill.targets import TeacherTargets  # noqa: E402
@@ -67,10 +67,10 @@ def make_trainer(student_name: str, teacher_dim: int, student_dim: int, bank: in
     tr.student = build_student(student_name, student_dim).to(device)
     if device.type == "cuda":
         tr.student = tr.student.to(memory_format=torch.channels_last)
-    tr.model = tr.student
     if bank_dtype is None:
         bank_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # as the engine
     tr.objective = CompRessObjective(variant, teacher_dim, student_dim, bank, cfg.t_teacher, cfg.t_student, bank_dtype).to(device)
+    tr.model = QueryNetwork(tr.student, tr.objective.projection)  # what the engine trains (and DDP wraps)
     tr.key_student = None
     if tr.objective.uses_key_student:
         tr.key_student = copy.deepcopy(tr.student)
@@ -104,7 +104,7 @@ def bare_step(tr: Trainer, images: torch.Tensor, rows: torch.Tensor, lr: float) 
         group["lr"] = lr
     x = tr._to_input(images)
     with tr._autocast():
-        loss = tr.model(x).float().square().mean()
+        loss = tr.model(x)[0].float().square().mean()
     tr.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     tr.optimizer.step()
@@ -147,7 +147,7 @@ class ReferenceStep:
             group["lr"] = lr
         x = tr._to_input(images)
         with tr._autocast():
-            out = tr.model(x)
+            out = tr.student(x)
         loss, teacher = self.loss(tr, out, rows)
         tr.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -179,6 +179,11 @@ def objective_only(tr: Trainer, images: torch.Tensor, rows: torch.Tensor, lr: fl
     tr.objective.enqueue(teacher, key, rows.to(tr.device))
 
 
+def full_step(tr: Trainer, images: torch.Tensor, rows: torch.Tensor, lr: float) -> torch.Tensor:
+    """The product's step, ``Trainer.train_step`` (single-view cache: view 0)."""
+    return tr.train_step(images, rows, torch.zeros_like(rows), lr)
+
+
 def time_steps(step: Callable[..., Any], tr: Trainer, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
     """Seconds per step over ``batches`` (one device sync at the end)."""
     if device.type == "cuda":
@@ -207,8 +212,8 @@ def bench_pair(pair: str, args: argparse.Namespace, device: torch.device) -> dic
         batches = [(im.pin_memory(), r) for im, r in batches]
     reference = ReferenceStep(tr)
     with torch.no_grad(), tr._autocast():
-        tr._bench_student_out = tr.model(tr._to_input(batches[0][0])).float()  # type: ignore[attr-defined]
-    methods: dict[str, Callable[..., Any]] = {"bare": bare_step, "full": Trainer.train_step, "reference": reference,
+        tr._bench_student_out = tr.student(tr._to_input(batches[0][0])).float()  # type: ignore[attr-defined]
+    methods: dict[str, Callable[..., Any]] = {"bare": bare_step, "full": full_step, "reference": reference,
                                               "objective": objective_only, "reference_objective": reference.alone}
     for step in methods.values():  # warm-up (allocations, kernel selection)
         time_steps(step, tr, batches[: args.warmup], device)

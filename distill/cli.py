@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import click
+
+
+def _is_rank_zero() -> bool:
+    """True unless this is a non-zero rank started by torchrun (only rank 0 prints)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,7 +25,7 @@ def main() -> None:
     The student learns to reproduce the teacher's similarity distribution (softmax at
     temperature 0.04) over a memory bank of anchor images; no labels are used.
     """
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO if _is_rank_zero() else logging.WARNING, format="%(message)s")
 
 
 @main.command()
@@ -47,7 +53,10 @@ def main() -> None:
 @click.option("--lr-steps", default="90,120", show_default=True, help="Epochs at which the step schedule multiplies the lr by 0.2.")
 @click.option("--input-size", type=int, default=None, help="Student crop size [default: the student's spec].")
 @click.option("--crop-scale", default="0.08,1.0", show_default=True, help="RandomResizedCrop area range.")
-@click.option("--workers", default=2, show_default=True, help="DataLoader worker processes.")
+@click.option("--workers", default=2, show_default=True, help="DataLoader worker processes per rank (persistent across epochs).")
+@click.option("--prefetch-factor", default=2, show_default=True, help="Batches each worker loads ahead.")
+@click.option("--decode", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="Decode JPEGs in the workers (cpu) or on the training GPU (gpu; falls back to cpu without CUDA).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--ckpt-every", default=500, show_default=True, help="Checkpoint every N steps (and every epoch).")
@@ -68,16 +77,18 @@ def run(**kw: object) -> None:
         epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], weight_decay=kw["weight_decay"], schedule=kw["schedule"],
         lr_steps=tuple(int(x) for x in str(kw["lr_steps"]).split(",") if x), input_size=kw["input_size"],
         crop_scale=tuple(float(x) for x in str(kw["crop_scale"]).split(",")),  # type: ignore[arg-type]
-        workers=kw["workers"], device=kw["device"], seed=kw["seed"], ckpt_every=kw["ckpt_every"], log_every=kw["log_every"],
+        workers=kw["workers"], prefetch_factor=kw["prefetch_factor"], decode=kw["decode"], device=kw["device"], seed=kw["seed"], ckpt_every=kw["ckpt_every"], log_every=kw["log_every"],
         max_steps=kw["max_steps"], compile=kw["compile_"], shared_cache=kw["shared_cache"], fresh=kw["fresh"],
     )  # type: ignore[arg-type]
     try:
         resolved = resolve_config(cfg)
-        click.echo(f"student {resolved.student} ({resolved.variant}, bank {resolved.bank}), data {resolved.data}, out {resolved.out}")
+        if _is_rank_zero():
+            click.echo(f"student {resolved.student} ({resolved.variant}, bank {resolved.bank}), data {resolved.data}, out {resolved.out}")
         result = run_engine(resolved)
     except (ValueError, FileNotFoundError, OSError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(json.dumps(result))
+    if _is_rank_zero():
+        click.echo(json.dumps(result))
 
 
 @main.command()

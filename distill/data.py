@@ -1,22 +1,32 @@
 """Student input pipeline: images from the cache's listing, augmented deterministically.
 
-Each sample's RandomResizedCrop + flip is drawn from a generator seeded by
-``(seed, epoch, dataset row)``, so the same epoch gives the same views whatever the number of
-workers or processes, and a resumed run sees exactly the batches it would have seen.
-Samples are uint8 ``(3, S, S)`` tensors; normalisation happens on the training device.
+Each sample's view is drawn from a generator seeded by ``(seed, epoch, dataset row)``, so the
+same epoch gives the same views whatever the number of workers or processes, and a resumed
+run sees exactly the batches it would have seen.
+
+* Single-view (centre-crop) caches: a RandomResizedCrop + horizontal flip drawn with that
+  generator.
+* Multi-view caches (``compress-cache build --views K``): the generator picks one of the K
+  cached views, and the student gets the *same* crop and flip the teacher saw (the ``crops``
+  column, ``cache_builder.transforms.CROP_COLUMNS``), resized to the student's input size; the
+  teacher target is that view's embedding.
+
+Samples are ``(uint8 (3, S, S), row, view)``; normalisation happens on the training device.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
 from cache_builder.image_list import ImageList
-from cache_builder.transforms import sample_rrc
+from cache_builder.transforms import CROP_COLUMNS, sample_rrc
+from distill.decode import EncodedView, image_size, read_bytes
 
 
 def open_rgb(path: str) -> Image.Image:
@@ -28,43 +38,109 @@ def open_rgb(path: str) -> Image.Image:
         raise OSError(f"{path}: cannot be decoded as an image ({e})") from None
 
 
-class AugmentedImages(Dataset):
-    """Index ``(epoch, row)`` -> ``(uint8 (3, S, S), row)`` with a seeded RRC + flip."""
+def sample_generator(seed: int, epoch: int, row: int) -> torch.Generator:
+    """The generator of row ``row``'s view in ``epoch``: depends only on (seed, epoch, row)."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 10_000_019 + row) % (2**63 - 1))
 
-    def __init__(self, images: ImageList, size: int, scale: tuple[float, float] = (0.08, 1.0), seed: int = 0) -> None:
+
+def check_crops(crops: np.ndarray, n: int, views: int, where: str) -> np.ndarray:
+    """Validate a cache's ``crops`` column: ``(N, K, 5)`` float (``CROP_COLUMNS``)."""
+    expected = (n, views, len(CROP_COLUMNS))
+    if crops.shape != expected:
+        raise ValueError(f"{where}: column 'crops' has shape {crops.shape}, expected {expected} "
+                         f"(rows, views, {'/'.join(CROP_COLUMNS)})")
+    return np.ascontiguousarray(crops, dtype=np.float32)
+
+
+def crop_box(crops: np.ndarray, row: int, view: int, image_hw: tuple[int, int], path: str) -> tuple[int, int, int, int, bool]:
+    """``(top, left, height, width, flip)`` of cached view ``view`` of ``row``, checked against
+    the image's size (a crop outside the image means the file changed after the cache was built)."""
+    top, left, h, w, flip = (float(x) for x in crops[row, view])
+    top_i, left_i, h_i, w_i = int(round(top)), int(round(left)), int(round(h)), int(round(w))
+    height, width = image_hw
+    if h_i <= 0 or w_i <= 0 or top_i < 0 or left_i < 0 or top_i + h_i > height or left_i + w_i > width:
+        raise ValueError(f"{path}: cached view {view} of row {row} crops (top {top_i}, left {left_i}, {h_i}x{w_i}) "
+                         f"outside the {height}x{width} image; was the file changed after the cache was built?")
+    return top_i, left_i, h_i, w_i, flip >= 0.5
+
+
+class AugmentedImages(Dataset):
+    """Index ``(epoch, row)`` -> ``(uint8 (3, S, S), row, view)``.
+
+    Args:
+        images: the training listing (row i = cache row i).
+        size: student input size S.
+        scale: RandomResizedCrop area range (single-view caches).
+        seed: run seed.
+        crops: ``(N, K, 5)`` crop parameters of a K-view cache, or None for a single-view cache
+            (then ``view`` is always 0).
+        encoded: return ``distill.decode.EncodedView`` (file bytes + view box, not decoded)
+            instead of the image, for ``--decode gpu``; the view is the same.
+    """
+
+    def __init__(self, images: ImageList, size: int, scale: tuple[float, float] = (0.08, 1.0), seed: int = 0,
+                 crops: np.ndarray | None = None, encoded: bool = False) -> None:
         self.images = images
         self.size = size
         self.scale = scale
         self.seed = seed
+        self.crops = None if crops is None else check_crops(crops, len(images), crops.shape[1], "crops")
+        self.encoded = encoded
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key: Any) -> tuple[torch.Tensor, int]:
+    @property
+    def views(self) -> int:
+        return 1 if self.crops is None else self.crops.shape[1]
+
+    def view_box(self, epoch: int, row: int, image_hw: tuple[int, int]) -> tuple[int, tuple[int, int, int, int, bool]]:
+        """``(view, (top, left, h, w, flip))`` of ``row`` in ``epoch`` for an image of ``image_hw``."""
+        g = sample_generator(self.seed, epoch, row)
+        if self.crops is None:
+            top, left, h, w = sample_rrc(image_hw[0], image_hw[1], g, self.scale)
+            return 0, (top, left, h, w, torch.rand((), generator=g).item() < 0.5)
+        view = int(torch.randint(self.views, (), generator=g))
+        return view, crop_box(self.crops, row, view, image_hw, self.images.absolute(row))
+
+    def __getitem__(self, key: Any) -> tuple[Any, int, int]:
         epoch, row = key
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + row)
-        im = open_rgb(self.images.absolute(row))
-        top, left, h, w = sample_rrc(im.height, im.width, g, self.scale)
+        path = self.images.absolute(row)
+        if self.encoded:  # --decode gpu: the same view box, from the header's size; decoded on the GPU
+            view, box = self.view_box(epoch, row, image_size(path))
+            return EncodedView(read_bytes(path), box, path), row, view
+        im = open_rgb(path)
+        view, (top, left, h, w, flip) = self.view_box(epoch, row, (im.height, im.width))
         im = TF.resized_crop(im, top, left, h, w, [self.size, self.size], antialias=True)
-        if torch.rand((), generator=g).item() < 0.5:
+        if flip:
             im = TF.hflip(im)
-        return TF.pil_to_tensor(im), row
+        return TF.pil_to_tensor(im), row, view
 
 
-class CenterCropImages(Dataset):
-    """Index ``row`` -> ``(uint8 (3, S, S), row)``: resize + centre crop (bank init, probes)."""
+class ReferenceImages(Dataset):
+    """Index ``row`` -> ``(uint8 (3, S, S), row)``: the fixed view used to fill the banks and to
+    probe neighbour agreement, matching ``TeacherTargets.reference``: resize + centre crop for a
+    single-view cache, cached view 0 (its crop and flip) for a multi-view cache."""
 
-    def __init__(self, images: ImageList, size: int, resize: int | None = None) -> None:
+    def __init__(self, images: ImageList, size: int, resize: int | None = None, crops: np.ndarray | None = None) -> None:
         self.images = images
         self.size = size
         self.resize = resize or size
+        self.crops = crops
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, row: int) -> tuple[torch.Tensor, int]:
-        im = open_rgb(self.images.absolute(row))
-        im = TF.center_crop(TF.resize(im, self.resize, antialias=True), [self.size, self.size])
+        path = self.images.absolute(row)
+        im = open_rgb(path)
+        if self.crops is None:
+            im = TF.center_crop(TF.resize(im, self.resize, antialias=True), [self.size, self.size])
+        else:
+            top, left, h, w, flip = crop_box(self.crops, row, 0, (im.height, im.width), path)
+            im = TF.resized_crop(im, top, left, h, w, [self.size, self.size], antialias=True)
+            if flip:
+                im = TF.hflip(im)
         return TF.pil_to_tensor(im), row
 
 

@@ -1,10 +1,18 @@
 """Training engine: ``run(DistillConfig)`` trains a student with the CompRess objective.
 
 Per step: uint8 batch -> device -> normalise -> student (and key student) forward under
-autocast -> gather cached teacher rows -> loss against the banks -> SGD step -> EMA of the
-key student -> enqueue the (all-gathered) batch. Losses stay on the device and are read only
-every ``log_every`` steps. Checkpoints (atomic, every ``ckpt_every`` steps and every epoch)
-hold everything needed to continue exactly; rerunning the same command resumes.
+autocast -> gather cached teacher rows (of the chosen views) -> loss against the banks -> SGD
+step -> EMA of the key student -> enqueue the (all-gathered) batch. Losses stay on the device
+and are read only every ``log_every`` steps. Checkpoints (atomic, every ``ckpt_every`` steps
+and every epoch) hold everything needed to continue exactly; rerunning the same command
+resumes.
+
+Under ``torchrun`` (one process per GPU, or gloo processes on CPU) the trained parameters
+(student + 1q projection, ``QueryNetwork``) are wrapped in ``DistributedDataParallel``; BN
+statistics are per-rank batch statistics, with running statistics broadcast from rank 0 at
+every forward. Every rank enqueues the all-gathered batch, so the banks stay identical; at
+every checkpoint the ranks compare exact checksums of banks, student and key student and
+stop with ``RankDivergenceError`` if they differ. Only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -21,12 +29,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from distill import distributed as D
-from distill.checkpoint import load_checkpoint, save_atomic
-from distill.data import AugmentedImages, CenterCropImages, normalise
-from distill.objective import VARIANTS, CompRessObjective
+from distill.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_atomic
+from distill.data import AugmentedImages, ReferenceImages, normalise
+from distill.decode import DECODERS, GpuViewDecoder, collate_encoded
+from distill.objective import VARIANTS, CompRessObjective, normalised_query
+from distill.sampler import EpochBatchSampler
 from distill.static_support import StaticSupportObjective
 from distill.students import Student, build_student, eval_transform_recipe
 from distill.targets import TeacherTargets, load_targets, train_store_path
@@ -34,7 +45,8 @@ from distill.targets import TeacherTargets, load_targets, train_store_path
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 # fields that do not change what is trained (so they may differ on resume)
-RUNTIME_FIELDS = ("out", "workers", "log_every", "ckpt_every", "max_steps", "device", "compile", "fresh", "progress", "shared_cache")
+RUNTIME_FIELDS = ("out", "workers", "prefetch_factor", "log_every", "ckpt_every", "max_steps", "device", "compile", "fresh", "progress",
+                  "shared_cache", "decode")
 BANKS = ("queue", "static-faiss")
 STATIC_FIELDS = ("bank", "neighbours", "random_anchors")  # not fingerprinted with --bank queue (old runs still resume)
 
@@ -70,6 +82,8 @@ class DistillConfig:
     seed: int = 0
     probe_size: int = 256
     workers: int = 2
+    prefetch_factor: int = 2
+    decode: str = "cpu"
     device: str = "auto"
     log_every: int = 20
     ckpt_every: int = 500
@@ -92,6 +106,10 @@ class DistillConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.workers < 0 or self.prefetch_factor <= 0:
+            raise ValueError(f"--workers must be >= 0 and --prefetch-factor positive, got {self.workers} and {self.prefetch_factor}")
+        if self.decode not in DECODERS:
+            raise ValueError(f"--decode must be one of {', '.join(DECODERS)}, got {self.decode!r}")
         if self.bank not in BANKS:
             raise ValueError(f"--bank must be one of {', '.join(BANKS)}, got {self.bank!r}")
         if self.bank == "static-faiss":
@@ -112,9 +130,12 @@ def learning_rate(cfg: DistillConfig, epoch: int, step_in_epoch: int, steps_per_
     return cfg.lr * cfg.lr_gamma ** sum(epoch >= m for m in cfg.lr_steps)
 
 
-def fingerprint(cfg: DistillConfig, targets: TeacherTargets) -> str:
-    """Identity of a run: training-relevant config + the cache's shard checksums."""
+def fingerprint(cfg: DistillConfig, targets: TeacherTargets, decode: str = "cpu") -> str:
+    """Identity of a run: training-relevant config + the cache's shard checksums + the data
+    listing + the decoder that actually runs (GPU decoding gives slightly different pixels)."""
     fields = {k: v for k, v in cfg.to_json().items() if k not in RUNTIME_FIELDS and k not in ("cache", "data")}
+    if decode != "cpu":
+        fields["decode"] = decode
     if cfg.bank == "queue":
         fields = {k: v for k, v in fields.items() if k not in STATIC_FIELDS}
     h = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
@@ -130,6 +151,32 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_decode(requested: str, device: torch.device) -> str:
+    """The decoder that runs: ``gpu`` needs a CUDA training device, else CPU with a message."""
+    if requested == "gpu" and device.type != "cuda":
+        log.warning("--decode gpu needs a CUDA device (this run uses %s): decoding on the CPU in the DataLoader workers instead", device)
+        return "cpu"
+    return requested
+
+
+class QueryNetwork(nn.Module):
+    """The trained parameters as one module, which is what DDP wraps (so the 1q projection's
+    gradients are all-reduced with the student's).
+
+    ``forward``: normalised images ``(B, 3, S, S)`` -> ``(head output (B, D_s), L2-normalised
+    query (B, D_q))`` with ``D_q = D_t`` through the 1q projection, else ``D_s``.
+    """
+
+    def __init__(self, student: Student, projection: nn.Module | None) -> None:
+        super().__init__()
+        self.student = student
+        self.projection = projection
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.student(x)
+        return out, normalised_query(out, self.projection)
+
+
 class Trainer:
     """State of one run; ``train()`` runs it to the end (or to ``max_steps``)."""
 
@@ -140,6 +187,10 @@ class Trainer:
         D.init_from_env(self.device)
         torch.manual_seed(cfg.seed)
         self.targets = load_targets(cfg.cache, cfg.data or "", self.device, shared=cfg.shared_cache)
+        self.decode = resolve_decode(cfg.decode, self.device)
+        if self.targets.views is not None:
+            log.info("%s: %d-view cache: each image's student crop is one of its cached views, picked per epoch "
+                     "(--crop-scale is not used)", self.targets.store.path, self.targets.views)
         n = len(self.targets.images)
         self.bank_size = min(cfg.bank_size, n)
         if self.bank_size < cfg.bank_size:
@@ -152,26 +203,31 @@ class Trainer:
             self.objective: CompRessObjective | StaticSupportObjective = self._static_objective(bank_dtype)
         else:
             self.objective = CompRessObjective(cfg.variant, self.targets.dim, cfg.dim, self.bank_size, cfg.t_teacher, cfg.t_student, bank_dtype).to(self.device)
+        self.world = D.world_size()
+        # what DDP wraps; the unwrapped self.student is what is saved, exported and EMA-copied
+        self.model: nn.Module = QueryNetwork(self.student, self.objective.projection)
+        if self.world > 1:
+            # the constructor broadcasts rank 0's parameters and buffers, and (DDP's default) every
+            # forward re-broadcasts rank 0's buffers, so BN running statistics stay rank 0's
+            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.objective.uses_key_student:
-            self.key_student = copy.deepcopy(self.student)
+            self.key_student = copy.deepcopy(self.student)  # after the DDP broadcast: the same start on every rank
             for p in self.key_student.parameters():
                 p.requires_grad_(False)
         params = list(self.student.parameters()) + list(self.objective.parameters())
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
-        self.model = self.student
-        if D.world_size() > 1:
-            self.model = torch.nn.parallel.DistributedDataParallel(self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
             self.model = torch.compile(self.model)
-        self.world = D.world_size()
-        self.global_batch = cfg.batch_size * self.world
-        self.steps_per_epoch = n // self.global_batch
+        self.sampler = EpochBatchSampler(n, cfg.batch_size, cfg.seed, D.rank(), self.world)
+        self.global_batch = self.sampler.global_batch
+        self.steps_per_epoch = self.sampler.steps_per_epoch
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{n} training images are fewer than one batch of {self.global_batch}; lower --batch-size")
+            raise ValueError(f"{n} training images are fewer than one batch of {self.global_batch} "
+                             f"({cfg.batch_size} x {self.world} processes); lower --batch-size")
         self.epoch = 0
         self.step_in_epoch = 0
         self.global_step = 0
-        self.fingerprint = fingerprint(cfg, self.targets)
+        self.fingerprint = fingerprint(cfg, self.targets, self.decode)
         self.probe_rows = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[: min(cfg.probe_size, n)]
 
     def _static_objective(self, compute_dtype: torch.dtype) -> StaticSupportObjective:
@@ -187,9 +243,11 @@ class Trainer:
                                       self.cfg.t_student, self.cfg.seed, compute_dtype).to(self.device)
 
     # ---- helpers ---------------------------------------------------------------------
-    def _loader(self, dataset: Any, batches: list[list[Any]]) -> DataLoader:
-        return DataLoader(dataset, batch_sampler=batches, num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False)
+    def _loader(self, dataset: Any, batches: Any, persistent: bool = False, collate_fn: Any = None) -> DataLoader:
+        workers = self.cfg.workers
+        return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=self.device.type == "cuda",
+                          persistent_workers=persistent and workers > 0, prefetch_factor=self.cfg.prefetch_factor if workers else None,
+                          collate_fn=collate_fn)
 
     def _to_input(self, images: torch.Tensor) -> torch.Tensor:
         x = normalise(images.to(self.device, non_blocking=True), self.student.spec.mean, self.student.spec.std)
@@ -199,13 +257,20 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
     @torch.no_grad()
-    def embed_center_crops(self, model: Student, rows: torch.Tensor) -> torch.Tensor:
-        """Head outputs ``(R, dim)`` of ``model`` (eval mode) for centre crops of ``rows``."""
+    def embed_reference_views(self, model: Student, rows: torch.Tensor, train_bn: bool = False) -> torch.Tensor:
+        """Head outputs ``(R, dim)`` of ``model`` for the reference views of ``rows`` (centre
+        crops; cached view 0 of a multi-view cache), matching ``targets.reference``: eval mode,
+        or with ``train_bn`` BatchNorm on batch statistics (as the keys enqueued during
+        training), run on a copy so that ``model``'s running statistics are left untouched."""
+        if train_bn:
+            model = copy.deepcopy(model)
         was_training = model.training
-        model.eval()
+        model.train(train_bn)
         recipe = eval_transform_recipe(self.student.spec, self.input_size)
-        dataset = CenterCropImages(self.targets.images, recipe["crop"], recipe["resize"])
+        dataset = ReferenceImages(self.targets.images, recipe["crop"], recipe["resize"], self.targets.crops)
         batches = [rows[i:i + self.cfg.batch_size].tolist() for i in range(0, len(rows), self.cfg.batch_size)]
+        if train_bn and len(batches) > 1 and len(batches[-1]) == 1:  # BN batch statistics need 2+ images
+            batches[-2] += batches.pop()
         out = []
         for images, _ in self._loader(dataset, batches):
             with self._autocast():
@@ -217,8 +282,8 @@ class Trainer:
         """Fraction of probe images whose nearest other probe is the same for teacher and student."""
         rows = self.probe_rows
         with torch.no_grad():
-            s = self.objective.student_query(self.embed_center_crops(self.student, rows))
-        t = self.targets.gather(rows).to(s.device)
+            s = self.objective.student_query(self.embed_reference_views(self.student, rows))
+        t = self.targets.reference(rows).to(s.device)
         sims_s, sims_t = s @ s.T, t @ t.T
         sims_s.fill_diagonal_(-2)
         sims_t.fill_diagonal_(-2)
@@ -226,23 +291,26 @@ class Trainer:
 
     def init_banks(self) -> None:
         """Fill the banks from real data: teacher rows of ``bank_size`` random images and the
-        (key) student's embeddings of the same images."""
+        (key) student's embeddings of the same images, computed as the keys enqueued during
+        training are (BN on batch statistics): an untrained student in eval mode (running
+        statistics 0/1) maps every image to nearly the same vector, a bank with no signal."""
         if self.cfg.bank == "static-faiss":
             return  # the static support is the whole cached split: nothing to fill
         rows = torch.randperm(len(self.targets.images), generator=torch.Generator().manual_seed(self.cfg.seed + 2))[: self.bank_size]
         key = None
         if self.objective.student_bank is not None:
-            key = self.embed_center_crops(self.key_student or self.student, rows)
-        self.objective.fill(self.targets.gather(rows), key, rows.to(self.device))
+            key = self.embed_reference_views(self.key_student or self.student, rows, train_bn=True)
+        self.objective.fill(self.targets.reference(rows), key, rows.to(self.device))
 
     # ---- checkpoints ------------------------------------------------------------------
     @property
     def out(self) -> str:
         return self.cfg.out or "."
 
-    def state(self) -> dict[str, Any]:
+    def state(self, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
+        """The checkpoint; ``rng_states`` holds every rank's random states, in rank order."""
         return {
-            "format": "compress-distill-checkpoint/1",
+            "format": "compress-distill-checkpoint/2",
             "fingerprint": self.fingerprint,
             "config": json.dumps(self.cfg.to_json(), default=str),
             "student_name": self.cfg.student,
@@ -250,8 +318,8 @@ class Trainer:
             "key_student": self.key_student.state_dict() if self.key_student is not None else {},
             "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng": rng_states,
+            "world_size": self.world,
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
@@ -259,9 +327,22 @@ class Trainer:
             "input_size": self.input_size,
         }
 
+    def replicated_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors every rank must hold identically: banks (anchors, pointers, row ids), the 1q
+        projection, the student's and the key student's parameters. (BN running statistics are
+        left out: each rank updates them from its own batch after rank 0's are broadcast.)"""
+        out = {f"objective.{k}": v for k, v in self.objective.state_dict().items()}
+        out.update({f"student.{k}": v for k, v in self.student.named_parameters()})
+        if self.key_student is not None:
+            out.update({f"key_student.{k}": v for k, v in self.key_student.named_parameters()})
+        return out
+
     def save(self) -> None:
+        """Check the ranks agree, then write the checkpoint atomically (rank 0 only)."""
+        D.check_same_across_ranks(self.replicated_tensors())
+        rng_states = D.all_gather_object(capture_rng_state())
         if D.rank() == 0:
-            save_atomic(self.state(), os.path.join(self.out, CHECKPOINT))
+            save_atomic(self.state(rng_states), os.path.join(self.out, CHECKPOINT))
         D.barrier()
 
     def try_resume(self) -> bool:
@@ -278,37 +359,44 @@ class Trainer:
             )
         if self.cfg.fresh:
             return False
+        saved_world = int(ckpt.get("world_size", 1))
+        if saved_world != self.world:
+            raise RunMismatchError(
+                f"{path} was written by a run with {saved_world} processes and this one has {self.world}; the global batch and "
+                f"the data order depend on it. Resume with {saved_world} processes, or use another --out (or --fresh)"
+            )
         self.student.load_state_dict(ckpt["student"])
         if self.key_student is not None:
             self.key_student.load_state_dict(ckpt["key_student"])
         self.objective.load_state_dict(ckpt["objective"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if torch.cuda.is_available() and ckpt["cuda_rng"]:
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+        if "rng" in ckpt:
+            restore_rng_state(ckpt["rng"][D.rank()])
+        else:  # format 1: torch states only
+            torch.set_rng_state(ckpt["torch_rng"])
+            if torch.cuda.is_available() and ckpt["cuda_rng"]:
+                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
         self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
         return True
 
     # ---- training -----------------------------------------------------------------------
-    def epoch_batches(self, epoch: int) -> list[list[tuple[int, int]]]:
-        """This rank's batches of ``(epoch, row)`` keys for ``epoch`` (seeded permutation)."""
-        perm = torch.randperm(len(self.targets.images), generator=torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch))
-        B, r = self.cfg.batch_size, D.rank()
-        batches = []
-        for s in range(self.steps_per_epoch):
-            chunk = perm[s * self.global_batch:(s + 1) * self.global_batch][r * B:(r + 1) * B]
-            batches.append([(epoch, int(i)) for i in chunk])
-        return batches
+    def train_step(self, images: torch.Tensor, rows: torch.Tensor, views: torch.Tensor, lr: float) -> torch.Tensor:
+        """One SGD step on this rank's batch; returns the (device) loss.
 
-    def train_step(self, images: torch.Tensor, rows: torch.Tensor, lr: float) -> torch.Tensor:
+        Args:
+            images: uint8 ``(B, 3, S, S)`` student inputs.
+            rows: ``(B,)`` int64 dataset rows.
+            views: ``(B,)`` int64 cached view of each row (0 for a single-view cache).
+            lr: learning rate of this step.
+        """
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x = self._to_input(images)
         rows = rows.to(self.device)
-        teacher = self.targets.gather(rows)
+        teacher = self.targets.gather(rows, views)
         with self._autocast():
-            student_out = self.model(x)
-            loss = self.objective(student_out, teacher, rows)
+            student_out, query = self.model(x)
+            loss = self.objective.query_loss(query, teacher, rows)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -332,7 +420,8 @@ class Trainer:
         resumed = self.try_resume()
         metrics_path = os.path.join(self.out, "metrics.jsonl")
         if resumed:
-            _truncate_metrics(metrics_path, self.global_step)
+            if D.rank() == 0:
+                _truncate_metrics(metrics_path, self.global_step)
             log.info("resumed %s at epoch %d step %d", self.out, self.epoch, self.global_step)
         else:
             self.init_banks()
@@ -348,19 +437,25 @@ class Trainer:
             bar = tqdm(total=total_steps, initial=self.global_step, desc=f"distill {cfg.student}", unit="step", dynamic_ncols=True)
         pending: list[torch.Tensor] = []
         last_time, last_step = time.perf_counter(), self.global_step
-        dataset = AugmentedImages(self.targets.images, self.input_size, cfg.crop_scale, cfg.seed)
+        gpu_decoder = GpuViewDecoder(self.input_size, self.device) if self.decode == "gpu" else None
+        dataset = AugmentedImages(self.targets.images, self.input_size, cfg.crop_scale, cfg.seed, self.targets.crops,
+                                  encoded=gpu_decoder is not None)
+        # one loader for all epochs (persistent workers); the sampler says which epoch and step
+        loader = self._loader(dataset, self.sampler, persistent=True, collate_fn=collate_encoded if gpu_decoder else None)
         stopped = False
         while self.epoch < cfg.epochs and not stopped:
-            batches = self.epoch_batches(self.epoch)[self.step_in_epoch:]
-            for images, rows in self._loader(dataset, batches):
+            self.sampler.set_epoch(self.epoch, self.step_in_epoch)
+            for images, rows, views in loader:
+                if gpu_decoder is not None:
+                    images = gpu_decoder(images)
                 lr = learning_rate(cfg, self.epoch, self.step_in_epoch, self.steps_per_epoch)
-                pending.append(self.train_step(images, rows, lr))
+                pending.append(self.train_step(images, rows, views, lr))
                 self.step_in_epoch += 1
                 self.global_step += 1
                 if bar is not None:
                     bar.update(1)
                 if self.global_step % cfg.log_every == 0:
-                    loss = float(torch.stack(pending).mean())  # the only host sync, every log_every steps
+                    loss = float(D.mean_over_ranks(torch.stack(pending).mean()))  # the only host sync, every log_every steps
                     pending.clear()
                     now = time.perf_counter()
                     rate = (self.global_step - last_step) * self.global_batch / max(now - last_time, 1e-9)
@@ -383,6 +478,8 @@ class Trainer:
         if bar is not None:
             bar.close()
         self.save()
+        if self.world > 1:
+            log.info("banks, student and key student are identical on all %d ranks (checked at every checkpoint)", self.world)
         if D.rank() == 0:
             plot_loss_curve(metrics_path, os.path.join(self.out, "loss_curve.png"))
         return {"out": self.out, "global_step": self.global_step, "epoch": self.epoch, "finished": self.epoch >= cfg.epochs}
@@ -453,9 +550,12 @@ def resolve_config(cfg: DistillConfig) -> DistillConfig:
 def run(cfg: DistillConfig) -> dict[str, Any]:
     """Resolve defaults, write ``config.json`` into the run dir and train (resuming if possible)."""
     cfg = resolve_config(cfg)
-    trainer = Trainer(cfg)
-    os.makedirs(trainer.out, exist_ok=True)
-    if D.rank() == 0:
-        with open(os.path.join(trainer.out, "config.json"), "w") as f:
-            json.dump({**cfg.to_json(), "fingerprint": trainer.fingerprint}, f, indent=2, default=str)
-    return trainer.train()
+    try:
+        trainer = Trainer(cfg)
+        os.makedirs(trainer.out, exist_ok=True)
+        if D.rank() == 0:
+            with open(os.path.join(trainer.out, "config.json"), "w") as f:
+                json.dump({**cfg.to_json(), "fingerprint": trainer.fingerprint}, f, indent=2, default=str)
+        return trainer.train()
+    finally:
+        D.shutdown()

@@ -60,11 +60,35 @@ def export_student(run_dir: str, out: str) -> dict[str, Any]:
     state = {k[len(prefix):]: v for k, v in ckpt["student"].items() if k.startswith(prefix)}
     state = {k.removeprefix("module."): v for k, v in state.items()}
     meta = _metadata(ckpt)
+    _write_export(state, meta, out)
+    return meta
+
+
+def export_untrained(student: str, dim: int, input_size: int | None, out: str, seed: int = 0) -> dict[str, Any]:
+    """Export the randomly initialised backbone a run with ``seed`` starts from (the
+    "untrained student" baseline), in the same format as ``export_student``. An existing
+    export of the same student, dim, size and seed is kept as it is."""
+    spec = get_student_spec(student)
+    size = int(input_size or spec.input_size)
+    meta = {
+        "architecture": spec.architecture, "student": spec.name, "feature_dim": spec.feature_dim, "image_size": size,
+        "eval_transform": eval_transform_recipe(spec, size), "teacher": "none (untrained)", "cache": None,
+        "run_fingerprint": None, "epochs": 0, "steps": 0, "dim": int(dim), "seed": int(seed),
+    }
+    if os.path.isfile(out) and os.path.isfile(sidecar_path(out)) and json.load(open(sidecar_path(out))) == meta:
+        return meta
+    torch.manual_seed(seed)  # as distill.engine.Trainer does before building the student
+    _write_export(build_student(student, dim).backbone.state_dict(), meta, out)
+    return meta
+
+
+def _write_export(state: dict[str, torch.Tensor], meta: dict[str, Any], out: str) -> None:
+    """``out`` (backbone state dict, atomically) and its ``.json`` sidecar."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     save_atomic(state, out)
-    with open(sidecar_path(out), "w") as f:
+    with open(sidecar_path(out) + ".tmp", "w") as f:
         json.dump(meta, f, indent=2)
-    return meta
+    os.replace(sidecar_path(out) + ".tmp", sidecar_path(out))
 
 
 def sidecar_path(weights: str) -> str:

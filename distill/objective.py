@@ -24,6 +24,17 @@ from distill.loss import compress_loss, similarity_logits
 from distill.memory_bank import MemoryBank
 
 VARIANTS = ("2q", "2q-momentum", "1q")
+# logit of a masked anchor: exp() underflows to exactly 0 in float32 while log_softmax stays
+# finite (with -inf, kl_div would compute 0 * inf = nan for it)
+MASKED_LOGIT = -1e4
+
+
+def normalised_query(student_embeddings: torch.Tensor, projection: nn.Module | None) -> torch.Tensor:
+    """``(B, D_s)`` student head output -> L2-normalised float32 query ``(B, D_s)``, or
+    ``(B, D_t)`` through the 1q ``projection``."""
+    if projection is not None:
+        student_embeddings = projection(student_embeddings)
+    return F.normalize(student_embeddings.float(), dim=1)
 
 
 class CompRessObjective(nn.Module):
@@ -68,30 +79,49 @@ class CompRessObjective(nn.Module):
 
     def student_query(self, student_embeddings: torch.Tensor) -> torch.Tensor:
         """L2-normalised student query ``(B, D_s)`` (``(B, D_t)`` after the 1q projection)."""
-        if self.projection is not None:
-            student_embeddings = self.projection(student_embeddings)
-        return F.normalize(student_embeddings.float(), dim=1)
+        return normalised_query(student_embeddings, self.projection)
 
-    def logits(self, student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(
+        self, student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor, row_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(teacher_logits, student_logits)``, each ``(B, N)`` float32.
 
         Args:
             student_embeddings: ``(B, D_s)`` raw student head output (normalised here).
             teacher_embeddings: ``(B, D_t)`` cached, L2-normalised teacher embeddings.
+            row_ids: ``(B,)`` dataset rows of the batch. Anchors that hold the query's own image
+                (enqueued in an earlier epoch) are masked out of both distributions, so the
+                loss never compares an image with itself. That happens once the bank holds a
+                sizeable fraction of the dataset: a self-anchor takes most of the teacher's mass
+                (similarity 1 / tau) and turns the target into instance discrimination.
         """
+        return self.query_logits(self.student_query(student_embeddings), teacher_embeddings, row_ids)
+
+    def query_logits(
+        self, query: torch.Tensor, teacher_embeddings: torch.Tensor, row_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As ``logits``, from the already projected and normalised student query ``(B, D_q)``
+        (``student_query``; computed inside the DDP-wrapped module during training)."""
         bank_dtype = self.teacher_bank.anchors.dtype
         teacher_query = F.normalize(teacher_embeddings.float(), dim=1).to(bank_dtype)
         with torch.no_grad():
             teacher_logits = similarity_logits(teacher_query, self.teacher_bank.anchors, self.t_teacher)
-        query = self.student_query(student_embeddings)
         student_anchors = self.teacher_bank.anchors if self.student_bank is None else self.student_bank.anchors
         student_logits = similarity_logits(query.to(bank_dtype), student_anchors, self.t_student)
+        if row_ids is not None:
+            own = row_ids.to(self.teacher_bank.row_ids.device)[:, None] == self.teacher_bank.row_ids[None, :]
+            teacher_logits = teacher_logits.masked_fill(own, MASKED_LOGIT)
+            student_logits = student_logits.masked_fill(own, MASKED_LOGIT)
         return teacher_logits, student_logits
 
-    def forward(self, student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """The scalar CompRess loss of the batch against the current banks (``rows``, the
-        batch's dataset rows, are part of the bank-strategy interface; the queues do not use them)."""
-        teacher_logits, student_logits = self.logits(student_embeddings, teacher_embeddings)
+    def forward(self, student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor, row_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The scalar CompRess loss of the batch against the current banks (``row_ids``: see
+        ``logits``)."""
+        return self.query_loss(self.student_query(student_embeddings), teacher_embeddings, row_ids)
+
+    def query_loss(self, query: torch.Tensor, teacher_embeddings: torch.Tensor, row_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The scalar loss from the student query ``(B, D_q)`` (see ``query_logits``)."""
+        teacher_logits, student_logits = self.query_logits(query, teacher_embeddings, row_ids)
         return compress_loss(teacher_logits, student_logits)
 
     @torch.no_grad()

@@ -15,7 +15,7 @@ teacher logits t_i . t_j / tau_t, student logits normalise(W s_i + b) . t_j / ta
 ``distill.loss.static_support_loss`` (KL over the support).
 
 The module has the engine's bank-strategy interface of ``CompRessObjective``: ``forward``,
-``student_query``, ``enqueue`` (here: advance the step counter), ``student_bank`` (None) and
+``query_loss``, ``student_query``, ``projection``, ``enqueue`` (here: advance the step counter), ``student_bank`` (None) and
 ``uses_key_student`` (False). Its state (projection, step counter) is in the state dict.
 """
 
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.loss import static_support_loss
+from distill.objective import normalised_query
 
 
 class StaticSupportObjective(nn.Module):
@@ -85,7 +86,7 @@ class StaticSupportObjective(nn.Module):
 
     def student_query(self, student_embeddings: torch.Tensor) -> torch.Tensor:
         """``(B, D_s)`` -> L2-normalised projection ``(B, D_t)``."""
-        return F.normalize(self.projection(student_embeddings).float(), dim=1)
+        return normalised_query(student_embeddings, self.projection)
 
     def random_rows(self, step: int) -> torch.Tensor:
         """``(R,)`` int64 random train rows of ``step`` (uniform, with replacement), on the
@@ -114,11 +115,16 @@ class StaticSupportObjective(nn.Module):
             teacher_embeddings: ``(B, D_t)`` cached teacher rows of the batch.
             rows: ``(B,)`` their dataset rows (required: they select the neighbours).
         """
+        return self.query_loss(self.student_query(student_embeddings), teacher_embeddings, rows)
+
+    def query_loss(self, query: torch.Tensor, teacher_embeddings: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """As ``forward``, from the already projected and normalised student query ``(B, D_t)``
+        (``student_query``; computed inside the DDP-wrapped module during training)."""
         if rows is None:
             raise ValueError("the static-faiss objective needs the batch's dataset rows")
         neighbour_anchors, random_anchors, valid = self.support(rows)
         teacher_queries = F.normalize(teacher_embeddings.float(), dim=1).to(self.compute_dtype)
-        student_queries = self.student_query(student_embeddings).to(self.compute_dtype)
+        student_queries = query.to(self.compute_dtype)
         return static_support_loss(teacher_queries, student_queries, neighbour_anchors, random_anchors, self.t_teacher, self.t_student, valid)
 
     @torch.no_grad()

@@ -1,18 +1,31 @@
 """Cached teacher embeddings for training: loaded once, gathered by dataset row per batch.
 
 The cache's row order must be the dataset's order; ``load_targets`` checks the relative
-paths recorded in the store against the listing of ``--data`` and refuses any mismatch.
+paths recorded in the store against the listing of ``--data`` and refuses any mismatch. A
+cache built with ``compress-cache build --skip-bad`` has no rows for the unreadable images it
+recorded in its provenance (``skipped_images``); the training listing is then the data
+listing minus exactly those images, still checked row by row.
+
+Multi-view caches (``--views K``) hold ``(N, K, D)`` embeddings and a ``crops`` column with
+each view's crop parameters; ``gather`` takes the view of every row.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 from cache_builder.image_list import ImageList, discover_splits
+from distill.data import check_crops
 from storage import Store, open_store
 from storage.cache_layout import split_store_paths
+
+log = logging.getLogger(__name__)
+CROPS_COLUMN = "crops"  # written by cache_builder.build for multi-view caches
 
 
 class CacheMismatchError(ValueError):
@@ -21,19 +34,46 @@ class CacheMismatchError(ValueError):
 
 @dataclass
 class TeacherTargets:
-    """``embeddings`` ``(N, D_t)`` (float16 or float32, on ``device``); row i = image i of ``images``."""
+    """Cached teacher embeddings on ``device``; row i = image i of ``images``.
+
+    Attributes:
+        store: the opened train store.
+        images: the training listing (the data listing minus images skipped at build time).
+        embeddings: ``(N, D_t)`` or, for a K-view cache, ``(N, K, D_t)`` (float16 or float32).
+        crops: ``(N, K, 5)`` float32 crop parameters of a K-view cache, else None.
+        skipped: the ``skipped_images`` records of the cache provenance (may be empty).
+    """
 
     store: Store
     images: ImageList
     embeddings: torch.Tensor
+    crops: np.ndarray | None = None
+    skipped: tuple[dict[str, Any], ...] = ()
 
     @property
     def dim(self) -> int:
-        return self.embeddings.shape[1]
+        return self.embeddings.shape[-1]
 
-    def gather(self, rows: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` dataset rows -> ``(B, D_t)`` float32 teacher embeddings."""
-        return self.embeddings.index_select(0, rows.to(self.embeddings.device)).float()
+    @property
+    def views(self) -> int | None:
+        return self.embeddings.shape[1] if self.embeddings.dim() == 3 else None
+
+    def gather(self, rows: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B,)`` dataset rows (and ``(B,)`` view indices of a multi-view cache) ->
+        ``(B, D_t)`` float32 teacher embeddings."""
+        rows = rows.to(self.embeddings.device)
+        if self.embeddings.dim() == 2:
+            return self.embeddings.index_select(0, rows).float()
+        if views is None:
+            raise ValueError(f"{self.store.path} is a {self.views}-view cache: gather needs the view of every row")
+        return self.embeddings[rows, views.to(self.embeddings.device)].float()
+
+    def reference(self, rows: torch.Tensor) -> torch.Tensor:
+        """``(R, D_t)`` teacher embeddings of the fixed reference view (bank init, probes): the
+        centre crop of a single-view cache, view 0 of a multi-view cache."""
+        if self.embeddings.dim() == 2:
+            return self.gather(rows)
+        return self.gather(rows, torch.zeros_like(rows))
 
 
 def train_store_path(cache: str) -> str:
@@ -41,6 +81,45 @@ def train_store_path(cache: str) -> str:
     paths = split_store_paths(cache)
     train = [p for p in paths if p.rstrip("/").endswith("/train")]
     return train[0] if train else paths[0]
+
+
+def training_listing(store: Store, listing: ImageList, data: str) -> tuple[ImageList, tuple[dict[str, Any], ...]]:
+    """The images the cache rows describe: ``listing`` minus the images the cache recorded as
+    skipped (``--skip-bad``), compared with the cache's paths row by row.
+
+    Raises:
+        CacheMismatchError: a skipped record that is not the listed image at its index, or a
+            row whose path differs from the listing (the message names the first such row).
+    """
+    skipped = tuple(store.provenance.get("skipped_images") or ())
+    drop: set[int] = set()
+    for rec in skipped:
+        index, path = int(rec["index"]), str(rec["path"])
+        if not 0 <= index < len(listing) or listing.paths[index] != path:
+            listed = listing.paths[index] if 0 <= index < len(listing) else "<end>"
+            raise CacheMismatchError(
+                f"cache {store.path} records skipped image {path!r} at listing index {index}, but the data {data} lists "
+                f"{listed!r} there. Rebuild the cache for this data or pass the --data it was built from."
+            )
+        drop.add(index)
+    kept = [i for i in range(len(listing)) if i not in drop]
+    images = listing if not drop else ImageList(listing.root, tuple(listing.paths[i] for i in kept),
+                                                tuple(listing.labels[i] for i in kept), listing.classes)
+    paths = store.load_metadata().paths
+    if len(paths) != len(images) or tuple(paths) != images.paths:
+        first = next((i for i, (a, b) in enumerate(zip(paths, images.paths)) if a != b), min(len(paths), len(images)))
+        cached = paths[first] if first < len(paths) else "<end>"
+        listed = images.paths[first] if first < len(images) else "<end>"
+        note = f" after removing the {len(drop)} images the cache records as skipped" if drop else ""
+        raise CacheMismatchError(
+            f"cache {store.path} ({len(paths)} rows) does not match the images of {data} ({len(images)} images{note}): "
+            f"row {first} is {cached!r} in the cache but {listed!r} in the data. Rebuild the cache for this data "
+            "or pass the --data it was built from."
+        )
+    if drop:
+        log.info("%s: %d unreadable images were skipped when the cache was built (listed in its manifest); training on %d of %d",
+                 store.path, len(drop), len(images), len(listing))
+    return images, skipped
 
 
 def load_targets(cache: str, data: str, device: torch.device, shared: bool = False) -> TeacherTargets:
@@ -52,24 +131,17 @@ def load_targets(cache: str, data: str, device: torch.device, shared: bool = Fal
     """
     store = open_store(train_store_path(cache))
     store.require_complete("distillation")
+    crops = None
     if store.views is not None:
-        raise ValueError(f"{store.path}: multi-view caches ({store.views} views) are not supported by compress-distill yet")
-    splits = discover_splits(data)
-    images = splits["train"]
-    paths = store.load_metadata().paths
-    if len(paths) != len(images) or tuple(paths) != images.paths:
-        first = next((i for i, (a, b) in enumerate(zip(paths, images.paths)) if a != b), min(len(paths), len(images)))
-        cached = paths[first] if first < len(paths) else "<end>"
-        listed = images.paths[first] if first < len(images) else "<end>"
-        raise CacheMismatchError(
-            f"cache {store.path} ({len(paths)} rows) does not match the images of {data} ({len(images)} images): "
-            f"row {first} is {cached!r} in the cache but {listed!r} in the data. Rebuild the cache for this data "
-            "or pass the --data it was built from."
-        )
+        if CROPS_COLUMN not in store.manifest.columns:
+            raise ValueError(f"{store.path}: a {store.views}-view cache without a {CROPS_COLUMN!r} column; the student "
+                             "cannot be given the crops the teacher saw. Rebuild it with compress-cache build --views.")
+        crops = check_crops(store.load_column(CROPS_COLUMN), store.n, store.views, store.path)
+    images, skipped = training_listing(store, discover_splits(data)["train"], data)
     if shared:
         embeddings = store.load_shared(kind="torch")
     else:
         embeddings = store.load_all("torch", pin_memory=device.type == "cuda")
     if device.type == "cuda":
         embeddings = embeddings.to(device, non_blocking=True)
-    return TeacherTargets(store, images, embeddings)
+    return TeacherTargets(store, images, embeddings, crops, skipped)

@@ -119,7 +119,8 @@ def extract_split(module, transform, listing: ImageListing, path: str, fingerpri
     writer.finalize(provenance=provenance)
 
 
-def _matching_store(path: str, fingerprint: str) -> bool:
+def complete_store_matches(path: str, fingerprint: str) -> bool:
+    """True when ``path`` holds a complete store written with ``fingerprint``."""
     from storage import NotAStoreError, open_store
 
     try:
@@ -145,13 +146,13 @@ def extract_features(cfg: FeaturesConfig, resolved=None) -> dict:
     listings = {s: list_split(cfg.data, s, classes) for s in SPLITS}
     fingerprint = extraction_fingerprint(resolved.identity, listings)
     paths = {s: os.path.join(cfg.out, s) for s in SPLITS}
-    reused = all(_matching_store(p, fingerprint) for p in paths.values())
+    reused = all(complete_store_matches(p, fingerprint) for p in paths.values())
     if not reused:
         module = resolved.module.to(cfg.device).eval()
         provenance = {"model": resolved.identity, "dataset": os.path.abspath(cfg.data), "classes": list(classes),
                       "normalized": "L2", "crop": "center", "source": "compress-eval features"}
         for split in SPLITS:
-            if not _matching_store(paths[split], fingerprint):
+            if not complete_store_matches(paths[split], fingerprint):
                 log.info("extracting %s features of %s into %s", split, cfg.data, paths[split])
                 extract_split(module, resolved.transform, listings[split], paths[split], fingerprint,
                               {**provenance, "split": split}, cfg)

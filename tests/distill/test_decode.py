@@ -1,0 +1,90 @@
+"""``--decode gpu``: the encoded-bytes path (CPU here), its fallback without CUDA, and an opt-in GPU test."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cache_builder.image_list import discover_splits
+from distill.data import AugmentedImages
+from distill.decode import GpuViewDecoder, collate_encoded
+from distill.engine import fingerprint, run
+from distill.targets import load_targets
+from tests.distill.synthetic import make_cache
+from tests.distill.test_engine import losses, tiny
+
+
+def make_jpegs(root: str, n: int = 24, seed: int = 0) -> str:
+    """``root/train/<c>/NNN.jpg`` of varied sizes (so crops differ from image to image)."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        d = os.path.join(root, "train", "ab"[i % 2])
+        os.makedirs(d, exist_ok=True)
+        h, w = int(rng.integers(20, 40)), int(rng.integers(20, 40))
+        layout = rng.uniform(0, 255, (4, 4, 3)).astype(np.uint8)
+        Image.fromarray(layout).resize((w, h), Image.BILINEAR).save(os.path.join(d, f"{i:03d}.jpg"), quality=95)
+    return root
+
+
+@pytest.fixture(scope="module")
+def jpegs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jpeg")
+    data = make_jpegs(str(root / "data"))
+    cache = make_cache(str(root / "cache"), data, dim=8)
+    return data, cache
+
+
+def test_encoded_path_draws_the_same_views_and_decodes_to_nearly_the_same_pixels(jpegs) -> None:
+    data, _ = jpegs
+    images = discover_splits(data)["train"]
+    pil = AugmentedImages(images, 16, (0.3, 1.0), seed=4)
+    enc = AugmentedImages(images, 16, (0.3, 1.0), seed=4, encoded=True)
+    keys = [(1, row) for row in range(len(images))]
+    batch, rows, views = collate_encoded([enc[k] for k in keys])
+    assert rows.tolist() == list(range(len(images))) and views.tolist() == [0] * len(images)
+    decoded = GpuViewDecoder(16, torch.device("cpu"))(batch)
+    expected = torch.stack([pil[k][0] for k in keys])
+    assert decoded.shape == expected.shape == (len(images), 3, 16, 16) and decoded.dtype == torch.uint8
+    diff = (decoded.float() - expected.float()).abs()
+    assert diff.mean() < 2.0, diff.mean()  # same JPEG decoder family, tensor vs PIL antialiased resize
+    flips = [e.box[4] for e in batch]
+    assert any(flips) and not all(flips)
+
+
+def test_decode_gpu_without_cuda_falls_back_to_the_cpu_batches(jpegs, tmp_path, caplog) -> None:
+    data, cache = jpegs
+    cpu_run = str(tmp_path / "cpu")
+    run(tiny(cache, cpu_run, batch_size=8, bank_size=16, epochs=1, probe_size=16))
+    gpu_run = str(tmp_path / "gpu")
+    with caplog.at_level(logging.WARNING, logger="distill.engine"):
+        run(tiny(cache, gpu_run, batch_size=8, bank_size=16, epochs=1, probe_size=16, decode="gpu"))
+    assert "--decode gpu needs a CUDA device" in caplog.text and "decoding on the CPU" in caplog.text
+    assert losses(gpu_run) == losses(cpu_run)  # exactly the --decode cpu batches
+    cfg = tiny(cache, gpu_run, data=data)
+    targets = load_targets(cache, data, torch.device("cpu"))
+    assert fingerprint(dataclasses.replace(cfg, decode="gpu"), targets, "cpu") == fingerprint(cfg, targets, "cpu")
+    assert fingerprint(cfg, targets, "gpu") != fingerprint(cfg, targets, "cpu")
+
+
+@pytest.mark.gpu
+def test_decode_gpu_on_cuda_matches_cpu_decoding(jpegs, tmp_path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    data, cache = jpegs
+    images = discover_splits(data)["train"]
+    pil = AugmentedImages(images, 16, (0.3, 1.0), seed=4)
+    enc = AugmentedImages(images, 16, (0.3, 1.0), seed=4, encoded=True)
+    keys = [(0, row) for row in range(len(images))]
+    batch, _, _ = collate_encoded([enc[k] for k in keys])
+    decoded = GpuViewDecoder(16, torch.device("cuda"))(batch)
+    assert decoded.device.type == "cuda"
+    expected = torch.stack([pil[k][0] for k in keys])
+    assert (decoded.cpu().float() - expected.float()).abs().mean() < 3.0
+    out = str(tmp_path / "gpu")
+    assert run(tiny(cache, out, batch_size=8, bank_size=16, epochs=1, probe_size=16, decode="gpu", device="cuda"))["finished"]
