@@ -30,9 +30,7 @@ def similarity_logits(queries: torch.Tensor, anchors: torch.Tensor, temperature:
         raise ValueError(f"queries have dimension {queries.shape[-1]}, anchors {anchors.shape[-1]}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    # scaling the (B, D) queries instead of the (B, N) product saves a pass over the logits
-    # (and another in the backward)
-    return ((queries * (1.0 / temperature)) @ anchors.to(queries.dtype).T).float()
+    return (queries @ anchors.to(queries.dtype).T).float() / temperature
 
 
 def teacher_distribution(teacher_logits: torch.Tensor) -> torch.Tensor:
