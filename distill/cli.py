@@ -34,8 +34,14 @@ def main() -> None:
 @click.option("--out", default=None, help="Run directory [default: ./runs/<student>-from-<teacher>].")
 @click.option("--student", default="resnet18", show_default=True, help="Student: resnet18, resnet34, resnet50, mobilenet_v2, alexnet, tiny_cnn or any torchvision model.")
 @click.option("--dim", default=128, show_default=True, help="Student head dimension (8192 for a ResNet-50 student of an R50x4 teacher).")
-@click.option("--variant", type=click.Choice(["2q", "2q-momentum", "1q"]), default="2q-momentum", show_default=True, help="Bank variant (DESIGN.md section 2).")
+@click.option("--variant", type=click.Choice(["2q", "2q-momentum", "1q"]), default=None,
+              help="Bank variant (DESIGN.md section 2) [default: 2q-momentum with --bank queue, 1q with --bank static-faiss].")
+@click.option("--bank", type=click.Choice(["queue", "static-faiss"]), default="queue", show_default=True,
+              help="queue: FIFO memory bank(s) of recent batches (the paper). static-faiss: each image's top-K teacher neighbours "
+                   "over the whole cached train split + R random anchors (1q-style).")
 @click.option("--bank-size", default=128_000, show_default=True, help="Anchors in the memory bank (capped at the number of images).")
+@click.option("--neighbours", default=1024, show_default=True, help="static-faiss: teacher neighbours K per image (computed on demand).")
+@click.option("--random-anchors", default=4096, show_default=True, help="static-faiss: random anchors R per step, shared by the batch.")
 @click.option("--t-teacher", default=0.04, show_default=True, help="Teacher softmax temperature.")
 @click.option("--t-student", default=0.04, show_default=True, help="Student softmax temperature.")
 @click.option("--momentum", default=0.999, show_default=True, help="EMA momentum of the key student (2q-momentum).")
@@ -64,7 +70,9 @@ def run(**kw: object) -> None:
     from distill.engine import DistillConfig, resolve_config, run as run_engine
 
     cfg = DistillConfig(
-        cache=kw["cache"], data=kw["data"], out=kw["out"], student=kw["student"], dim=kw["dim"], variant=kw["variant"],
+        cache=kw["cache"], data=kw["data"], out=kw["out"], student=kw["student"], dim=kw["dim"],
+        variant=kw["variant"] or ("1q" if kw["bank"] == "static-faiss" else "2q-momentum"), bank=kw["bank"],
+        neighbours=kw["neighbours"], random_anchors=kw["random_anchors"],
         bank_size=kw["bank_size"], t_teacher=kw["t_teacher"], t_student=kw["t_student"], momentum=kw["momentum"],
         epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], weight_decay=kw["weight_decay"], schedule=kw["schedule"],
         lr_steps=tuple(int(x) for x in str(kw["lr_steps"]).split(",") if x), input_size=kw["input_size"],
@@ -75,12 +83,34 @@ def run(**kw: object) -> None:
     try:
         resolved = resolve_config(cfg)
         if _is_rank_zero():
-            click.echo(f"student {resolved.student} ({resolved.variant}), data {resolved.data}, out {resolved.out}")
+            click.echo(f"student {resolved.student} ({resolved.variant}, bank {resolved.bank}), data {resolved.data}, out {resolved.out}")
         result = run_engine(resolved)
     except (ValueError, FileNotFoundError, OSError) as e:
         raise click.ClickException(str(e)) from None
     if _is_rank_zero():
         click.echo(json.dumps(result))
+
+
+@main.command()
+@click.option("--cache", default="./cache", show_default=True, help="Teacher cache directory (its train split is searched).")
+@click.option("--k", "k", default=1024, show_default=True, help="Neighbours per image (the image itself excluded).")
+@click.option("--block-rows", default=8192, show_default=True, help="Query rows per resumable block.")
+@click.option("--recompute", is_flag=True, help="Discard a table computed from another cache (or other settings) and start over.")
+def neighbours(cache: str, k: int, block_rows: int, recompute: bool) -> None:
+    """Precompute every train image's top-K teacher neighbours (for run --bank static-faiss).
+
+    Exact inner-product search with FAISS over the whole cached train split, blockwise and
+    resumable; written to CACHE/neighbours-k{K}/ and reused while the cache is unchanged.
+    """
+    from distill.neighbours import compute_neighbours
+    from distill.targets import train_store_path
+    from storage import StoreError
+
+    try:
+        table = compute_neighbours(train_store_path(cache), k, block_rows=block_rows, recompute=recompute)
+    except (ValueError, FileNotFoundError, OSError, StoreError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{table.path}: {table.rows.shape[0]} rows x {table.k} neighbours")
 
 
 @main.command()

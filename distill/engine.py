@@ -38,14 +38,17 @@ from distill.data import AugmentedImages, ReferenceImages, normalise
 from distill.decode import DECODERS, GpuViewDecoder, collate_encoded
 from distill.objective import VARIANTS, CompRessObjective, normalised_query
 from distill.sampler import EpochBatchSampler
+from distill.static_support import StaticSupportObjective
 from distill.students import Student, build_student, eval_transform_recipe
-from distill.targets import TeacherTargets, load_targets
+from distill.targets import TeacherTargets, load_targets, train_store_path
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 # fields that do not change what is trained (so they may differ on resume)
 RUNTIME_FIELDS = ("out", "workers", "prefetch_factor", "log_every", "ckpt_every", "max_steps", "device", "compile", "fresh", "progress",
                   "shared_cache", "decode")
+BANKS = ("queue", "static-faiss")
+STATIC_FIELDS = ("bank", "neighbours", "random_anchors")  # not fingerprinted with --bank queue (old runs still resume)
 
 
 class RunMismatchError(ValueError):
@@ -89,6 +92,9 @@ class DistillConfig:
     fresh: bool = False
     progress: bool = True
     shared_cache: bool = False
+    bank: str = "queue"
+    neighbours: int = 1024
+    random_anchors: int = 4096
 
     def validate(self) -> None:
         if self.variant not in VARIANTS:
@@ -104,6 +110,13 @@ class DistillConfig:
             raise ValueError(f"--workers must be >= 0 and --prefetch-factor positive, got {self.workers} and {self.prefetch_factor}")
         if self.decode not in DECODERS:
             raise ValueError(f"--decode must be one of {', '.join(DECODERS)}, got {self.decode!r}")
+        if self.bank not in BANKS:
+            raise ValueError(f"--bank must be one of {', '.join(BANKS)}, got {self.bank!r}")
+        if self.bank == "static-faiss":
+            if self.variant != "1q":
+                raise ValueError(f"--bank static-faiss compares the projected student with teacher anchors (1q-style); it needs --variant 1q, got {self.variant!r}")
+            if self.neighbours <= 0 or self.random_anchors < 0:
+                raise ValueError(f"--neighbours must be positive and --random-anchors >= 0, got {self.neighbours} and {self.random_anchors}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -123,6 +136,8 @@ def fingerprint(cfg: DistillConfig, targets: TeacherTargets, decode: str = "cpu"
     fields = {k: v for k, v in cfg.to_json().items() if k not in RUNTIME_FIELDS and k not in ("cache", "data")}
     if decode != "cpu":
         fields["decode"] = decode
+    if cfg.bank == "queue":
+        fields = {k: v for k, v in fields.items() if k not in STATIC_FIELDS}
     h = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
     for rec in targets.store.manifest.shards:
         h.update(str(rec.checksum).encode())
@@ -184,7 +199,10 @@ class Trainer:
         self.input_size = cfg.input_size or self.student.spec.input_size
         self.key_student: Student | None = None
         bank_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.objective = CompRessObjective(cfg.variant, self.targets.dim, cfg.dim, self.bank_size, cfg.t_teacher, cfg.t_student, bank_dtype).to(self.device)
+        if cfg.bank == "static-faiss":
+            self.objective: CompRessObjective | StaticSupportObjective = self._static_objective(bank_dtype)
+        else:
+            self.objective = CompRessObjective(cfg.variant, self.targets.dim, cfg.dim, self.bank_size, cfg.t_teacher, cfg.t_student, bank_dtype).to(self.device)
         self.world = D.world_size()
         # what DDP wraps; the unwrapped self.student is what is saved, exported and EMA-copied
         self.model: nn.Module = QueryNetwork(self.student, self.objective.projection)
@@ -211,6 +229,18 @@ class Trainer:
         self.global_step = 0
         self.fingerprint = fingerprint(cfg, self.targets, self.decode)
         self.probe_rows = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[: min(cfg.probe_size, n)]
+
+    def _static_objective(self, compute_dtype: torch.dtype) -> StaticSupportObjective:
+        """``--bank static-faiss``: load (rank 0 computes when missing) the neighbour table."""
+        from distill.neighbours import ensure_neighbours, load_neighbours
+
+        store = train_store_path(self.cfg.cache)
+        table = ensure_neighbours(store, self.cfg.neighbours) if D.rank() == 0 else None
+        D.barrier()
+        table = table or load_neighbours(store, self.cfg.neighbours)
+        rows = torch.from_numpy(table.rows).to(self.device)
+        return StaticSupportObjective(self.targets.embeddings, rows, self.cfg.dim, self.cfg.random_anchors, self.cfg.t_teacher,
+                                      self.cfg.t_student, self.cfg.seed, compute_dtype).to(self.device)
 
     # ---- helpers ---------------------------------------------------------------------
     def _loader(self, dataset: Any, batches: Any, persistent: bool = False, collate_fn: Any = None) -> DataLoader:
@@ -264,6 +294,8 @@ class Trainer:
         (key) student's embeddings of the same images, computed as the keys enqueued during
         training are (BN on batch statistics): an untrained student in eval mode (running
         statistics 0/1) maps every image to nearly the same vector, a bank with no signal."""
+        if self.cfg.bank == "static-faiss":
+            return  # the static support is the whole cached split: nothing to fill
         rows = torch.randperm(len(self.targets.images), generator=torch.Generator().manual_seed(self.cfg.seed + 2))[: self.bank_size]
         key = None
         if self.objective.student_bank is not None:

@@ -65,3 +65,89 @@ def compress_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor) ->
     if teacher_logits.shape != student_logits.shape:
         raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} and student logits {tuple(student_logits.shape)} differ")
     return F.kl_div(student_log_distribution(student_logits), teacher_distribution(teacher_logits), reduction="batchmean")
+
+
+# ---- the static support (``--bank static-faiss``) --------------------------------------------
+#
+# For query i the support is its K nearest teacher neighbours n_i1..n_iK over the whole train
+# split plus R random anchors r_1..r_R shared by the batch (all teacher vectors):
+#
+#     teacher_logits[i] = [t_i . t_{n_ik} / tau_t]_k ++ [t_i . t_{r_j} / tau_t]_j     (B, K + R)
+#     student_logits[i] = [q_i . t_{n_ik} / tau_s]_k ++ [q_i . t_{r_j} / tau_s]_j     (B, K + R)
+#
+# with q_i the L2-normalised projection of the student embedding to D_t (1q-style), and the
+# loss is the same KL(p_i(t) || p_i(s)) as above, over the support. Support entries that must
+# not count (a random anchor that is the query itself) get ``MASKED_LOGIT`` in both rows: their
+# probability is exactly 0 and they add nothing to the loss or its gradient.
+
+MASKED_LOGIT = -1e9
+
+
+def neighbour_term(queries: torch.Tensor, neighbour_anchors: torch.Tensor) -> torch.Tensor:
+    """``queries[i] . neighbour_anchors[i, k]``: ``(B, D)``, ``(B, K, D)`` -> ``(B, K)``."""
+    if neighbour_anchors.dim() != 3 or neighbour_anchors.shape[0] != queries.shape[0] or neighbour_anchors.shape[2] != queries.shape[1]:
+        raise ValueError(f"neighbour anchors {tuple(neighbour_anchors.shape)} do not fit queries {tuple(queries.shape)}; expected (B, K, D)")
+    return torch.bmm(neighbour_anchors.to(queries.dtype), queries.unsqueeze(2)).squeeze(2)
+
+
+def random_term(queries: torch.Tensor, random_anchors: torch.Tensor) -> torch.Tensor:
+    """``queries[i] . random_anchors[j]``: ``(B, D)``, ``(R, D)`` -> ``(B, R)`` (one GEMM)."""
+    if random_anchors.shape[-1] != queries.shape[-1]:
+        raise ValueError(f"queries have dimension {queries.shape[-1]}, random anchors {random_anchors.shape[-1]}")
+    return queries @ random_anchors.to(queries.dtype).T
+
+
+def support_logits(
+    queries: torch.Tensor,
+    neighbour_anchors: torch.Tensor,
+    random_anchors: torch.Tensor,
+    temperature: float,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Logits of each query over its support: ``[neighbour_term ++ random_term] / temperature``.
+
+    Args:
+        queries: ``(B, D)`` L2-normalised.
+        neighbour_anchors: ``(B, K, D)`` the anchors of each query's own neighbours.
+        random_anchors: ``(R, D)`` anchors shared by the batch (``R`` may be 0).
+        temperature: > 0.
+        valid: optional ``(B, K + R)`` bool; False entries get ``MASKED_LOGIT``.
+    Returns:
+        ``(B, K + R)`` float32.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    scaled = queries * (1.0 / temperature)
+    logits = torch.cat([neighbour_term(scaled, neighbour_anchors), random_term(scaled, random_anchors)], dim=1).float()
+    if valid is not None:
+        if valid.shape != logits.shape:
+            raise ValueError(f"valid mask {tuple(valid.shape)} does not match the support logits {tuple(logits.shape)}")
+        logits = logits.masked_fill(~valid, MASKED_LOGIT)
+    return logits
+
+
+def static_support_loss(
+    teacher_queries: torch.Tensor,
+    student_queries: torch.Tensor,
+    neighbour_anchors: torch.Tensor,
+    random_anchors: torch.Tensor,
+    t_teacher: float,
+    t_student: float,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean ``KL(p_i(t) || p_i(s))`` over each query's support of K neighbours + R random anchors.
+
+    Args:
+        teacher_queries: ``(B, D_t)`` L2-normalised teacher embeddings t_i.
+        student_queries: ``(B, D_t)`` L2-normalised projected student embeddings q_i.
+        neighbour_anchors: ``(B, K, D_t)`` teacher vectors of each query's neighbours.
+        random_anchors: ``(R, D_t)`` teacher vectors of the shared random anchors.
+        t_teacher, t_student: temperatures.
+        valid: optional ``(B, K + R)`` bool mask of support entries that count.
+    Returns:
+        A scalar float32 tensor (gradient only through ``student_queries``).
+    """
+    with torch.no_grad():
+        teacher_logits = support_logits(teacher_queries, neighbour_anchors, random_anchors, t_teacher, valid)
+    student_logits = support_logits(student_queries, neighbour_anchors, random_anchors, t_student, valid)
+    return compress_loss(teacher_logits, student_logits)

@@ -148,7 +148,7 @@ def iter_store_blocks(path: str):
 
     Yields:
         ``(offset, rows)``: the shard's first global row and its ``(R, D)`` float32
-        L2-normalised rows, in row order (the block form ``evaluate.topk.search`` accepts).
+        L2-normalised rows, in row order (the block form ``distill.topk.search`` accepts).
     Raises:
         storage.StoreIncompleteError: the store has missing shards.
         FeatureError: the store is empty.

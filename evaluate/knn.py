@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from evaluate.topk import search
+from distill.topk import search
 
 PROTOCOLS = {
     "compress": {"metric": "l2", "ks": (1, 20), "vote": "majority"},
@@ -172,7 +172,7 @@ def knn(cfg: KnnConfig) -> dict:
     ``evaluate.results``)."""
     from evaluate.feature_set import load_feature_set
     from evaluate.results import make_result
-    from evaluate.topk import resolve_backend
+    from distill.topk import resolve_backend
 
     from evaluate.feature_set import iter_store_blocks
 

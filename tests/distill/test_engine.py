@@ -178,3 +178,23 @@ def test_checkpoint_restores_torch_numpy_and_python_random_states(setup, tmp_pat
     assert np.array_equal(np.random.get_state()[1], saved["numpy"]["keys"].numpy())
     assert random.getstate() == saved["python"]
     assert torch.equal(torch.get_rng_state(), saved["torch"])
+
+
+def test_static_faiss_bank_trains_and_resumes_exactly(setup, tmp_path) -> None:
+    _, data, cache = setup
+    static = dict(variant="1q", bank="static-faiss", neighbours=12, random_anchors=24, epochs=4)
+    reference = str(tmp_path / "static")
+    result = run(tiny(cache, reference, **static))
+    assert result["finished"]
+    ls, ag = losses(reference), agreements(reference)
+    assert len(ls) == 4 * 6
+    assert sum(ls[-6:]) / 6 < 0.8 * sum(ls[:6]) / 6
+    assert ag[-1] > ag[0] + 0.05
+    assert os.path.isfile(os.path.join(cache, "neighbours-k12", "neighbours.npy"))
+    out = str(tmp_path / "stopped")
+    run(tiny(cache, out, max_steps=9, **static))  # stops mid-epoch 1 with a checkpoint
+    assert len(losses(out)) == 9
+    run(tiny(cache, out, **static))
+    assert losses(out) == pytest.approx(ls, rel=1e-5, abs=1e-6)
+    with pytest.raises(ValueError, match="needs --variant 1q"):
+        run(tiny(cache, str(tmp_path / "bad"), bank="static-faiss"))

@@ -8,9 +8,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.loss import compress_loss, cross_entropy_term, similarity_logits, student_log_distribution, teacher_distribution, teacher_entropy_term
+from distill.loss import (
+    compress_loss,
+    cross_entropy_term,
+    neighbour_term,
+    random_term,
+    similarity_logits,
+    static_support_loss,
+    student_log_distribution,
+    support_logits,
+    teacher_distribution,
+    teacher_entropy_term,
+)
 from distill.memory_bank import MemoryBank
 from distill.objective import CompRessObjective
+from distill.static_support import StaticSupportObjective
 
 
 def direct_kl(t: torch.Tensor, s: torch.Tensor, bank_t: torch.Tensor, bank_s: torch.Tensor, tau_t: float, tau_s: float) -> float:
@@ -115,3 +127,68 @@ def test_an_image_is_never_compared_with_itself(variant) -> None:
     assert loss.item() != pytest.approx(obj(student_raw, teacher).item(), rel=1e-3)
     teacher_logits, _ = obj.logits(student_raw, teacher, rows)
     assert teacher_distribution(teacher_logits)[0, 1] == 0 and teacher_distribution(teacher_logits)[2, 6] == 0
+
+
+# ---- the static support (--bank static-faiss) ------------------------------------------------
+
+
+def direct_support_kl(t, q, table, emb, neighbours, randoms, tau_t, tau_s) -> float:
+    """Loops over the formula: support of row i = its neighbours + the random rows that are not i."""
+    total = 0.0
+    for b, i in enumerate(table):
+        support = [int(j) for j in neighbours[i]] + [int(r) for r in randoms if int(r) != int(i)]
+        zt = [math.exp(float(t[b] @ emb[j]) / tau_t) for j in support]
+        zs = [math.exp(float(q[b] @ emb[j]) / tau_s) for j in support]
+        total += sum((a / sum(zt)) * math.log((a / sum(zt)) / (c / sum(zs))) for a, c in zip(zt, zs))
+    return total / len(table)
+
+
+def test_static_support_loss_equals_the_formula() -> None:
+    N, Dt, Ds, K, R, tau_t, tau_s = 12, 5, 3, 4, 6, 0.04, 0.07
+    emb = unit(N, Dt, seed=1)
+    neighbours = torch.stack([torch.randperm(N, generator=torch.Generator().manual_seed(i))[:K + 1] for i in range(N)])
+    neighbours = torch.stack([row[row != i][:K] for i, row in enumerate(neighbours)]).int()
+    obj = StaticSupportObjective(emb, neighbours, Ds, random_anchors=R, t_teacher=tau_t, t_student=tau_s, seed=3)
+    rows = torch.tensor([0, 5, 7])
+    student_raw = torch.randn(3, Ds)
+    randoms = obj.random_rows(0)
+    randoms[0] = 5  # make sure one random anchor is a query itself (masked out)
+    obj.random_rows = lambda step: randoms  # type: ignore[method-assign]
+    loss = obj(student_raw, emb[rows], rows)
+    q = obj.student_query(student_raw).detach()
+    assert loss.item() == pytest.approx(direct_support_kl(emb[rows], q, rows, emb, neighbours, randoms, tau_t, tau_s), rel=1e-4, abs=1e-6)
+    loss.backward()
+    assert obj.projection.weight.grad.abs().sum() > 0
+
+
+def test_static_support_terms_and_zero_kl_when_logits_coincide() -> None:
+    B, K, R, D = 3, 4, 5, 6
+    queries, neigh, rand = unit(B, D, seed=0), unit(B, K, D, seed=1), unit(R, D, seed=2)
+    logits = support_logits(queries, neigh, rand, 0.1)
+    assert logits.shape == (B, K + R)
+    assert torch.allclose(logits[:, :K], neighbour_term(queries, neigh) / 0.1) and torch.allclose(logits[:, K:], random_term(queries, rand) / 0.1)
+    assert torch.allclose(logits[1, 2], queries[1] @ neigh[1, 2] / 0.1)
+    assert static_support_loss(queries, queries, neigh, rand, 0.1, 0.1).abs() < 1e-6
+    valid = torch.ones(B, K + R, dtype=torch.bool)
+    valid[0, K] = False
+    other = unit(B, D, seed=9)
+    masked = static_support_loss(queries, other, neigh, rand, 0.1, 0.2, valid)
+    assert torch.isfinite(masked) and masked > 0
+    keep = torch.cat([torch.arange(K), torch.arange(K + 1, K + R)])  # row 0 without random anchor 0
+    t0, s0 = support_logits(queries[:1], neigh[:1], rand, 0.1)[:, keep], support_logits(other[:1], neigh[:1], rand, 0.2)[:, keep]
+    t12, s12 = support_logits(queries[1:], neigh[1:], rand, 0.1), support_logits(other[1:], neigh[1:], rand, 0.2)
+    expected = (compress_loss(t0, s0) + 2 * compress_loss(t12, s12)) / 3
+    assert masked.item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match=r"do not fit queries"):
+        neighbour_term(queries, unit(B, K, D + 1, seed=3))
+
+
+def test_static_support_random_anchors_depend_on_seed_and_step_only() -> None:
+    emb = unit(50, 4, seed=0)
+    table = torch.zeros(50, 2, dtype=torch.int32)
+    a, b = StaticSupportObjective(emb, table, 3, 8, seed=1), StaticSupportObjective(emb, table, 3, 8, seed=1)
+    assert torch.equal(a.random_rows(7), b.random_rows(7)) and not torch.equal(a.random_rows(7), a.random_rows(8))
+    a.enqueue(emb[:2], None)
+    state = a.state_dict()
+    b.load_state_dict(state)
+    assert b.step == 1 and "projection.weight" in state

@@ -59,7 +59,7 @@ def test_missing_split(tmp_path) -> None:
 
 def test_streamed_store_blocks_give_the_same_neighbours(tmp_path) -> None:
     from evaluate.feature_set import iter_store_blocks, load_split
-    from evaluate.topk import search
+    from distill.topk import search
 
     rng = np.random.default_rng(0)
     write_store(str(tmp_path / "db"), rng.standard_normal((100, 6)), np.zeros(100, int), shard_size=16)

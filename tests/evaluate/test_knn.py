@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from evaluate.knn import knn_classify, majority_vote, weighted_vote
-from evaluate.topk import search
+from distill.topk import search
 from tests.evaluate.reference import reference_majority, reference_neighbours, reference_weighted
 
 BACKENDS = ["torch", "faiss"]
