@@ -37,6 +37,7 @@ def settings(n_train: int, include: list[str]) -> list[tuple[str, dict]]:
         rows += [("temperature", {"t": t}) for t in (0.02, 0.04, 0.07, 0.1)]
     if "variant" in include:
         rows += [("variant", {"variant": v}) for v in ("1q", "2q", "2q-momentum")]
+        rows += [("variant", {"bank": "static-faiss"})]  # 1q-style; top-512 teacher neighbours + 2048 random rows
     return rows
 
 
@@ -71,6 +72,8 @@ def main() -> None:
         cfg = dataclasses.replace(base, **overrides)
         dcfg = distill_config(cfg, cache, data)
         tag = f"{cfg.variant}-bank{min(cfg.bank_size, n_train)}-t{cfg.t}-e{cfg.epochs}"
+        if cfg.bank == "static-faiss":
+            tag = f"static-k{cfg.neighbours}-r{cfg.random_anchors}-t{cfg.t}-e{cfg.epochs}"
         label = ", ".join(f"{k}={v}" for k, v in overrides.items())
         if tag in seen:  # the demo default appears in every group: train it once
             lines.append(f"| {group} | {label} | {seen[tag]}")

@@ -20,7 +20,9 @@ import click
 @click.option("--student", default="micro_mobilenet", show_default=True, help="Student spec (see docs/distill.md).")
 @click.option("--student-size", default=32, show_default=True, help="Student input size.")
 @click.option("--variant", type=click.Choice(["2q", "2q-momentum", "1q"]), default="1q", show_default=True)
-@click.option("--bank-size", default=4096, show_default=True, help="Anchors in the memory bank.")
+@click.option("--bank", type=click.Choice(["queue", "static-faiss"]), default="queue", show_default=True,
+              help="queue: the paper's FIFO bank; static-faiss: each image's top-512 teacher neighbours + 2048 random rows (needs --variant 1q).")
+@click.option("--bank-size", default=4096, show_default=True, help="Anchors in the memory bank (queue).")
 @click.option("--epochs", default=20, show_default=True)
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--lr", default=0.05, show_default=True, help="SGD learning rate (cosine schedule).")
@@ -30,7 +32,7 @@ import click
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def main(out, full, train_per_class, val_per_class, teacher_size, student, student_size, variant, bank_size, epochs,
+def main(out, full, train_per_class, val_per_class, teacher_size, student, student_size, variant, bank, bank_size, epochs,
          batch_size, lr, temperature, weights, workers, device, seed, progress) -> None:
     """Cache a pretrained teacher, distil a 40x smaller student without labels, evaluate
     teacher, student, untrained student and raw pixels, and print the comparison table.
@@ -44,7 +46,7 @@ def main(out, full, train_per_class, val_per_class, teacher_size, student, stude
 
     try:
         cfg = DemoConfig(out=out, full=full, train_per_class=train_per_class, val_per_class=val_per_class, teacher_size=teacher_size,
-                         student=student, student_size=student_size, variant=variant, bank_size=bank_size, epochs=epochs,
+                         student=student, student_size=student_size, variant=variant, bank=bank, bank_size=bank_size, epochs=epochs,
                          batch_size=batch_size, lr=lr, t=temperature, weights=weights, workers=workers, device=device, seed=seed,
                          progress=progress)
         result = run_demo(cfg)

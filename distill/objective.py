@@ -20,13 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.loss import compress_loss, similarity_logits
+from distill.loss import MASKED_LOGIT, compress_loss, similarity_logits
 from distill.memory_bank import MemoryBank
 
 VARIANTS = ("2q", "2q-momentum", "1q")
-# logit of a masked anchor: exp() underflows to exactly 0 in float32 while log_softmax stays
-# finite (with -inf, kl_div would compute 0 * inf = nan for it)
-MASKED_LOGIT = -1e4
 
 
 def normalised_query(student_embeddings: torch.Tensor, projection: nn.Module | None) -> torch.Tensor:
