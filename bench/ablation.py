@@ -1,4 +1,4 @@
-"""Ablation of the CompRess settings on the demo data (bank size, temperature, variant).
+"""Ablation of the CompRess settings on the demo data (bank size, temperature, variant, teacher size).
 
 Reuses the demo's data and teacher cache (``compress-demo --out OUT`` builds them; this
 script builds them too if missing), distils one student per setting with everything else at
@@ -35,6 +35,8 @@ def settings(n_train: int, include: list[str]) -> list[tuple[str, dict]]:
         rows += [("bank", {"bank_size": n}) for n in (256, 1024, 4096, n_train)]
     if "temperature" in include:
         rows += [("temperature", {"t": t}) for t in (0.02, 0.04, 0.07, 0.1)]
+    if "teacher" in include:  # teacher input size: a stronger teacher vs how fully a 32-px student follows it
+        rows += [("teacher", {"teacher_size": size}) for size in (64, 96)]
     if "variant" in include:
         rows += [("variant", {"variant": v}) for v in ("1q", "2q", "2q-momentum")]
         rows += [("variant", {"bank": "static-faiss"})]  # 1q-style; top-512 teacher neighbours + 2048 random rows
@@ -48,7 +50,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="distillation epochs (default: the demo's)")
     p.add_argument("--train-per-class", type=int, default=None, help="balanced subset size (default: the demo's)")
     p.add_argument("--val-per-class", type=int, default=None)
-    p.add_argument("--groups", default="bank,temperature,variant", help="comma-separated: bank, temperature, variant")
+    p.add_argument("--groups", default="bank,temperature,variant,teacher", help="comma-separated: bank, temperature, variant, teacher")
     p.add_argument("--device", default="auto")
     p.add_argument("--markdown", default=None, help="also write the table here (default OUT/ablation.md)")
     args = p.parse_args()
@@ -58,31 +60,46 @@ def main() -> None:
     for field in ("epochs", "train_per_class", "val_per_class"):
         if getattr(args, field):
             base = dataclasses.replace(base, **{field: getattr(args, field)})
-    data, splits, source = prepare_data(base)
-    cache = build_teacher_cache(base, data, find_teacher_weights(base.weights))
+    from distill.engine import run as distill_run
     from evaluate.knn import KnnConfig, knn
 
-    teacher = knn(KnnConfig(features=cache, protocol="compress", ks=(1, 20)))["metrics"]
+    weights = find_teacher_weights(base.weights)
+    caches: dict[int, tuple[str, str, dict]] = {}  # teacher size -> (data, cache, teacher metrics)
+
+    def teacher_cache(size: int) -> tuple[str, str, dict]:
+        """Data + cache of the teacher at ``size`` px (other sizes in OUT/teacher-<size>px)."""
+        if size not in caches:
+            cfg = base if size == base.teacher_size else dataclasses.replace(
+                base, teacher_size=size, out=os.path.join(args.out, f"teacher-{size}px"))
+            data, _, _ = prepare_data(cfg)
+            cache = build_teacher_cache(cfg, data, weights)
+            caches[size] = (data, cache, knn(KnnConfig(features=cache, protocol="compress", ks=(1, 20)))["metrics"])
+        return caches[size]
+
+    data, splits, source = prepare_data(base)
+    _, _, teacher = teacher_cache(base.teacher_size)
     n_train = len(splits["train"].labels)
     print(f"{source}: {n_train} train / {len(splits['val'].labels)} val; teacher NN {teacher['nn']:.1f} kNN-20 {teacher['knn20']:.1f}")
-    lines = ["| group | setting | NN | kNN-20 | kNN-20 / teacher | final loss | wall s |", "|---|---|---:|---:|---:|---:|---:|",
+    lines = ["| group | setting | NN | kNN-20 | kNN-20 / its teacher | final loss | wall s |", "|---|---|---:|---:|---:|---:|---:|",
              f"| teacher | MobileNetV2 @{base.teacher_size}px | {teacher['nn']:.1f} | {teacher['knn20']:.1f} | 1.000 | | |"]
     seen: dict[str, str] = {}
     for group, overrides in settings(n_train, args.groups.split(",")):
         cfg = dataclasses.replace(base, **overrides)
-        dcfg = distill_config(cfg, cache, data)
+        data, cache, teacher = teacher_cache(cfg.teacher_size)
+        if group == "teacher":
+            lines.append(f"| teacher | MobileNetV2 @{cfg.teacher_size}px | {teacher['nn']:.1f} | {teacher['knn20']:.1f} | 1.000 | | |")
         tag = f"{cfg.variant}-bank{min(cfg.bank_size, n_train)}-t{cfg.t}-e{cfg.epochs}"
         if cfg.bank == "static-faiss":
             tag = f"static-k{cfg.neighbours}-r{cfg.random_anchors}-t{cfg.t}-e{cfg.epochs}"
+        if cfg.teacher_size != base.teacher_size:
+            tag += f"-teacher{cfg.teacher_size}"
         label = ", ".join(f"{k}={v}" for k, v in overrides.items())
         if tag in seen:  # the demo default appears in every group: train it once
             lines.append(f"| {group} | {label} | {seen[tag]}")
             print(lines[-1], flush=True)
             continue
-        from distill.engine import run as distill_run
-
         start = time.perf_counter()
-        dcfg = dataclasses.replace(dcfg, out=os.path.join(args.out, "ablation", tag))
+        dcfg = dataclasses.replace(distill_config(cfg, cache, data), out=os.path.join(args.out, "ablation", tag))
         distill_run(dcfg)
         feats = model_features(dcfg.out, data, os.path.join(args.out, "ablation", tag, "features"), cfg)
         m = knn(KnnConfig(features=feats, protocol="compress", ks=(1, 20)))["metrics"]

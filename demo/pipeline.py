@@ -179,7 +179,8 @@ def eval_device(device: str) -> str:
 def model_features(model: str, data: str, out: str, cfg: DemoConfig) -> str:
     from evaluate.features import FeaturesConfig, extract_features
 
-    extract_features(FeaturesConfig(model=model, data=data, out=out, batch_size=256, workers=cfg.workers, device=eval_device(cfg.device)))
+    extract_features(FeaturesConfig(model=model, data=data, out=out, batch_size=256, workers=cfg.workers, device=eval_device(cfg.device),
+                                     progress=cfg.progress))
     return out
 
 

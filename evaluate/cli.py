@@ -51,7 +51,7 @@ def _resolve_source(features, model, data, feature_cache, image_size, extract_ba
 
         root = feature_cache or (os.path.join(model, "eval", "features") if os.path.isdir(model) else "eval-cache")
         info = cached_features(model, data, root, image_size=image_size, batch_size=extract_batch_size,
-                               workers=workers, device=device or "cpu")
+                               workers=workers, device=device or "cpu", progress=True)
         click.echo(f"{'reusing' if info['reused'] else 'extracted'} features of {model} on {data}: {info['out']}")
         return info["out"], info
     if features is None:
@@ -195,7 +195,8 @@ def features(model, data, out, batch_size, workers, device, image_size, dtype, o
 
     with _user_errors():
         info = extract_features(FeaturesConfig(model=model, data=data, out=out, batch_size=batch_size, workers=workers,
-                                               device=device, image_size=image_size, dtype=dtype, overwrite=overwrite))
+                                               device=device, image_size=image_size, dtype=dtype, overwrite=overwrite,
+                                               progress=True))
     click.echo(f"{'reused' if info['reused'] else 'wrote'} {out}/train ({info['split_sizes']['train']} rows) and "
                f"{out}/val ({info['split_sizes']['val']} rows); fingerprint {info['fingerprint'][:16]}")
 

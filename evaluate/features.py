@@ -35,6 +35,7 @@ class FeaturesConfig:
         image_size: center-crop size override (torchvision models).
         dtype: store dtype. shard_size: rows per shard (default: the store's).
         overwrite: replace stores extracted with another fingerprint.
+        progress: show a progress bar per split.
     """
 
     model: str
@@ -47,6 +48,7 @@ class FeaturesConfig:
     dtype: str = "float16"
     shard_size: int | None = None
     overwrite: bool = False
+    progress: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.workers < 0:
@@ -86,12 +88,14 @@ def extraction_fingerprint(identity: dict, listings: dict[str, ImageListing]) ->
     return h.hexdigest()
 
 
-def _embed(module, loader, device: str) -> np.ndarray:
+def _embed(module, loader, device: str, bar=None) -> np.ndarray:
     import torch
 
     out = []
     with torch.inference_mode():
         for images in loader:
+            if bar is not None:
+                bar.update(len(images))
             feats = module(images.to(device)).float()
             if feats.ndim != 2:
                 raise ValueError(f"the model returned features of shape {tuple(feats.shape)}; expected (B, D)")
@@ -110,12 +114,20 @@ def extract_split(module, transform, listing: ImageListing, path: str, fingerpri
     writer = create_store(path, len(listing.paths), probe.shape[1], cfg.dtype, shard_size=cfg.shard_size,
                           fingerprint=fingerprint, provenance=provenance, exist_ok=not cfg.overwrite, overwrite=cfg.overwrite)
     labels = np.asarray(listing.labels, dtype=np.int64)
-    for shard in writer.pending_shards():
+    pending = writer.pending_shards()
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(b - a for a, b in map(writer.shard_rows, pending)), desc=f"features {os.path.basename(path)}", unit="img", dynamic_ncols=True)
+    for shard in pending:
         start, stop = writer.shard_rows(shard)
         loader = DataLoader(ImageDataset(listing, range(start, stop), transform), batch_size=cfg.batch_size,
                             num_workers=cfg.workers, pin_memory=str(cfg.device).startswith("cuda") and torch.cuda.is_available())
-        feats = _embed(module, loader, cfg.device).astype(cfg.dtype)
+        feats = _embed(module, loader, cfg.device, bar).astype(cfg.dtype)
         writer.write_shard(shard, feats, index=np.arange(start, stop), labels=labels[start:stop], paths=list(listing.paths[start:stop]))
+    if bar is not None:
+        bar.close()
     writer.finalize(provenance=provenance)
 
 
