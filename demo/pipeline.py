@@ -177,10 +177,12 @@ def eval_device(device: str) -> str:
 
 
 def model_features(model: str, data: str, out: str, cfg: DemoConfig) -> str:
+    """Features of ``model`` (a run dir or export) in ``out``: reused while model and data are
+    the same, re-extracted (replacing the old ones) when either changed."""
     from evaluate.features import FeaturesConfig, extract_features
 
     extract_features(FeaturesConfig(model=model, data=data, out=out, batch_size=256, workers=cfg.workers, device=eval_device(cfg.device),
-                                     progress=cfg.progress))
+                                     progress=cfg.progress, overwrite=True))
     return out
 
 

@@ -429,6 +429,7 @@ class Trainer:
                 open(metrics_path, "w").close()
                 self._log_metric(metrics_path, {"step": 0, "epoch": 0, "agreement": self.neighbour_agreement()})
         self.student.train()
+        start_step = self.global_step
         total_steps = cfg.epochs * self.steps_per_epoch
         bar = None
         if cfg.progress and D.rank() == 0:
@@ -477,7 +478,8 @@ class Trainer:
                 self.save()
         if bar is not None:
             bar.close()
-        self.save()
+        if self.global_step != start_step:  # a finished run that is rerun keeps its checkpoint byte for byte
+            self.save()
         if self.world > 1:
             log.info("banks, student and key student are identical on all %d ranks (checked at every checkpoint)", self.world)
         if D.rank() == 0:

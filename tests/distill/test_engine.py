@@ -198,3 +198,15 @@ def test_static_faiss_bank_trains_and_resumes_exactly(setup, tmp_path) -> None:
     assert losses(out) == pytest.approx(ls, rel=1e-5, abs=1e-6)
     with pytest.raises(ValueError, match="needs --variant 1q"):
         run(tiny(cache, str(tmp_path / "bad"), bank="static-faiss"))
+
+
+def test_rerunning_a_finished_run_leaves_its_checkpoint_untouched(setup, tmp_path) -> None:
+    """Downstream feature caches fingerprint the checkpoint: a rerun must not rewrite it."""
+    _, data, cache = setup
+    out = str(tmp_path / "done")
+    run(tiny(cache, out, epochs=1))
+    path = os.path.join(out, "checkpoint.pt")
+    before = (open(path, "rb").read(), os.path.getmtime(path))
+    again = run(tiny(cache, out, epochs=1))
+    assert again["finished"] and again["global_step"] == 6
+    assert (open(path, "rb").read(), os.path.getmtime(path)) == before
