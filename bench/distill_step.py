@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,20 +37,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.knn import cpu_name  # noqa: E402
 from distill.engine import DistillConfig, QueryNetwork, Trainer  # noqa: E402
 from distill.objective import CompRessObjective  # noqa: E402
 from distill.students import build_student  # noqa: E402
 from distill.targets import TeacherTargets  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_trainer(student_name: str, teacher_dim: int, student_dim: int, bank: int, cache_rows: int, variant: str,

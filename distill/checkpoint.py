@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
 
-def save_atomic(obj: dict[str, Any], path: str) -> None:
-    """``torch.save`` to a temporary name, fsync, rename: a kill leaves the old file or the new one."""
+def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """``write(file)`` to a temporary name, fsync, rename: a kill leaves the old file or the new one."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
-        torch.save(obj, f)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def save_atomic(obj: dict[str, Any], path: str) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically (``write_atomic``)."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:

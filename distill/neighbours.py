@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from distill.checkpoint import write_atomic
 from distill.topk import search
 from storage import Store, open_store
 from storage.location import fsync_dir, resolve_location
@@ -111,12 +112,7 @@ def _block_name(b: int) -> str:
 
 
 def _save_npy_atomic(path: str, array: np.ndarray) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: np.save(f, array))
     fsync_dir(os.path.dirname(path))
 
 
