@@ -38,7 +38,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.knn import cpu_name  # noqa: E402
-from distill.engine import DistillConfig, QueryNetwork, Trainer  # noqa: E402
+from distill.engine import DistillConfig, QueryNetwork, Trainer, resolve_bank_dtype  # noqa: E402
 from distill.objective import CompRessObjective  # noqa: E402
 from distill.students import build_student  # noqa: E402
 from distill.targets import TeacherTargets  # noqa: E402
@@ -58,7 +58,7 @@ def make_trainer(student_name: str, teacher_dim: int, student_dim: int, bank: in
     if device.type == "cuda":
         tr.student = tr.student.to(memory_format=torch.channels_last)
     if bank_dtype is None:
-        bank_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # as the engine
+        bank_dtype = resolve_bank_dtype("auto", device)  # as the engine
     tr.objective = CompRessObjective(variant, teacher_dim, student_dim, bank, cfg.t_teacher, cfg.t_student, bank_dtype).to(device)
     tr.model = QueryNetwork(tr.student, tr.objective.projection)  # what the engine trains (and DDP wraps)
     tr.key_student = None

@@ -55,6 +55,9 @@ def main() -> None:
 @click.option("--crop-scale", default="0.08,1.0", show_default=True, help="RandomResizedCrop area range.")
 @click.option("--workers", default=2, show_default=True, help="DataLoader worker processes per rank (persistent across epochs).")
 @click.option("--prefetch-factor", default=2, show_default=True, help="Batches each worker loads ahead.")
+@click.option("--bank-dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+              help="Precision of the banks and their similarity GEMMs: auto = bfloat16 on CUDA, float32 on CPU "
+                   "(bfloat16 also pays on CPUs with AMX; see bench/RESULTS.md).")
 @click.option("--decode", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
               help="Decode JPEGs in the workers (cpu) or on the training GPU (gpu; falls back to cpu without CUDA).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
@@ -72,7 +75,7 @@ def run(**kw: object) -> None:
     cfg = DistillConfig(
         cache=kw["cache"], data=kw["data"], out=kw["out"], student=kw["student"], dim=kw["dim"],
         variant=kw["variant"] or ("1q" if kw["bank"] == "static-faiss" else "2q-momentum"), bank=kw["bank"],
-        neighbours=kw["neighbours"], random_anchors=kw["random_anchors"],
+        neighbours=kw["neighbours"], random_anchors=kw["random_anchors"], bank_dtype=kw["bank_dtype"],
         bank_size=kw["bank_size"], t_teacher=kw["t_teacher"], t_student=kw["t_student"], momentum=kw["momentum"],
         epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], weight_decay=kw["weight_decay"], schedule=kw["schedule"],
         lr_steps=tuple(int(x) for x in str(kw["lr_steps"]).split(",") if x), input_size=kw["input_size"],

@@ -48,6 +48,7 @@ CHECKPOINT = "checkpoint.pt"
 RUNTIME_FIELDS = ("out", "workers", "prefetch_factor", "log_every", "ckpt_every", "max_steps", "device", "compile", "fresh", "progress",
                   "shared_cache", "decode")
 BANKS = ("queue", "static-faiss")
+BANK_DTYPES = ("auto", "float32", "bfloat16")
 STATIC_FIELDS = ("bank", "neighbours", "random_anchors")  # not fingerprinted with --bank queue (old runs still resume)
 
 
@@ -95,6 +96,7 @@ class DistillConfig:
     bank: str = "queue"
     neighbours: int = 1024
     random_anchors: int = 4096
+    bank_dtype: str = "auto"
 
     def validate(self) -> None:
         if self.variant not in VARIANTS:
@@ -110,6 +112,8 @@ class DistillConfig:
             raise ValueError(f"--workers must be >= 0 and --prefetch-factor positive, got {self.workers} and {self.prefetch_factor}")
         if self.decode not in DECODERS:
             raise ValueError(f"--decode must be one of {', '.join(DECODERS)}, got {self.decode!r}")
+        if self.bank_dtype not in BANK_DTYPES:
+            raise ValueError(f"--bank-dtype must be one of {', '.join(BANK_DTYPES)}, got {self.bank_dtype!r}")
         if self.bank not in BANKS:
             raise ValueError(f"--bank must be one of {', '.join(BANKS)}, got {self.bank!r}")
         if self.bank == "static-faiss":
@@ -130,10 +134,21 @@ def learning_rate(cfg: DistillConfig, epoch: int, step_in_epoch: int, steps_per_
     return cfg.lr * cfg.lr_gamma ** sum(epoch >= m for m in cfg.lr_steps)
 
 
-def fingerprint(cfg: DistillConfig, targets: TeacherTargets, decode: str = "cpu") -> str:
+def resolve_bank_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on CUDA (the similarity GEMMs are 25-40 % of a step in fp32 there), fp32
+    on CPU; ``bfloat16`` also pays on CPUs with bf16 matrix units (AMX), see bench/RESULTS.md."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def fingerprint(cfg: DistillConfig, targets: TeacherTargets, decode: str = "cpu", bank_dtype: str | None = None) -> str:
     """Identity of a run: training-relevant config + the cache's shard checksums + the data
-    listing + the decoder that actually runs (GPU decoding gives slightly different pixels)."""
-    fields = {k: v for k, v in cfg.to_json().items() if k not in RUNTIME_FIELDS and k not in ("cache", "data")}
+    listing + the decoder that actually runs (GPU decoding gives slightly different pixels) +
+    the bank precision when it is not the device's default (``bank_dtype``, else None)."""
+    fields = {k: v for k, v in cfg.to_json().items() if k not in RUNTIME_FIELDS and k not in ("cache", "data", "bank_dtype")}
+    if bank_dtype is not None:
+        fields["bank_dtype"] = bank_dtype
     if decode != "cpu":
         fields["decode"] = decode
     if cfg.bank == "queue":
@@ -198,7 +213,8 @@ class Trainer:
         self.student: Student = build_student(cfg.student, cfg.dim).to(self.device)
         self.input_size = cfg.input_size or self.student.spec.input_size
         self.key_student: Student | None = None
-        bank_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        bank_dtype = resolve_bank_dtype(cfg.bank_dtype, self.device)
+        self.bank_dtype_override = None if bank_dtype == resolve_bank_dtype("auto", self.device) else str(bank_dtype).removeprefix("torch.")
         if cfg.bank == "static-faiss":
             self.objective: CompRessObjective | StaticSupportObjective = self._static_objective(bank_dtype)
         else:
@@ -227,7 +243,7 @@ class Trainer:
         self.epoch = 0
         self.step_in_epoch = 0
         self.global_step = 0
-        self.fingerprint = fingerprint(cfg, self.targets, self.decode)
+        self.fingerprint = fingerprint(cfg, self.targets, self.decode, self.bank_dtype_override)
         self.probe_rows = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[: min(cfg.probe_size, n)]
 
     def _static_objective(self, compute_dtype: torch.dtype) -> StaticSupportObjective:

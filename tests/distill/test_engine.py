@@ -210,3 +210,21 @@ def test_rerunning_a_finished_run_leaves_its_checkpoint_untouched(setup, tmp_pat
     again = run(tiny(cache, out, epochs=1))
     assert again["finished"] and again["global_step"] == 6
     assert (open(path, "rb").read(), os.path.getmtime(path)) == before
+
+
+def test_bfloat16_banks_on_cpu_train_and_are_part_of_the_run_identity(setup, tmp_path) -> None:
+    _, data, cache = setup
+    out = str(tmp_path / "bf16")
+    run(tiny(cache, out, variant="1q", bank_dtype="bfloat16", epochs=3))
+    ls = losses(out)
+    assert sum(ls[-6:]) / 6 < 0.8 * sum(ls[:6]) / 6
+    state = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    assert state["objective"]["teacher_bank.anchors"].dtype == torch.bfloat16
+    with pytest.raises(RunMismatchError, match="different config or cache"):
+        run(tiny(cache, out, variant="1q", bank_dtype="float32", epochs=3))
+    # on CPU, "auto" is float32: the same run as an explicit float32 one
+    fp32 = str(tmp_path / "fp32")
+    run(tiny(cache, fp32, variant="1q", bank_dtype="float32", epochs=1))
+    assert run(tiny(cache, fp32, variant="1q", bank_dtype="auto", epochs=1))["finished"]
+    with pytest.raises(ValueError, match="--bank-dtype must be one of"):
+        run(tiny(cache, str(tmp_path / "x"), bank_dtype="float16"))
