@@ -72,15 +72,20 @@ def test_default_data_and_out_come_from_the_cache(setup, tmp_path, monkeypatch) 
     assert os.path.isfile(os.path.join(tmp_path, "runs", "tiny_cnn-from-synthetic", "checkpoint.pt"))
 
 
-def test_sigkill_then_rerun_gives_the_uninterrupted_loss_sequence(setup, tmp_path, python_env) -> None:
+@pytest.mark.parametrize("bank_options,cli_options", [
+    (dict(variant="2q-momentum", momentum=0.9), ["--variant", "2q-momentum", "--momentum", "0.9"]),
+    (dict(variant="1q", bank="static-faiss", neighbours=12, random_anchors=24),
+     ["--variant", "1q", "--bank", "static-faiss", "--neighbours", "12", "--random-anchors", "24"]),
+], ids=["queue-2q-momentum", "static-faiss"])
+def test_sigkill_then_rerun_gives_the_uninterrupted_loss_sequence(setup, tmp_path, python_env, bank_options, cli_options) -> None:
     _, data, cache = setup
     reference = str(tmp_path / "reference")
-    run(tiny(cache, reference, epochs=3, ckpt_every=2, variant="2q-momentum", momentum=0.9))
+    run(tiny(cache, reference, epochs=3, ckpt_every=2, **bank_options))
     expected = losses(reference)
     out = str(tmp_path / "killed")
     cmd = [sys.executable, "-m", "distill.cli", "run", "--cache", cache, "--out", out, "--student", "tiny_cnn", "--dim", "16",
            "--input-size", "16", "--bank-size", "48", "--batch-size", "16", "--epochs", "3", "--lr", "0.1", "--lr-steps", "",
-           "--crop-scale", "0.5,1.0", "--workers", "0", "--log-every", "1", "--ckpt-every", "2", "--momentum", "0.9"]
+           "--crop-scale", "0.5,1.0", "--workers", "0", "--log-every", "1", "--ckpt-every", "2", *cli_options]
     env = {**python_env, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     metrics = os.path.join(out, "metrics.jsonl")
