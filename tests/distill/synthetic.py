@@ -1,13 +1,16 @@
-"""A tiny image folder and a matching synthetic teacher cache for distillation tests."""
+"""A tiny image folder, a matching synthetic teacher cache, and the tiny run config that
+distillation tests train with (plus readers of its metrics)."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 from PIL import Image
 
 from cache_builder.image_list import discover_splits
+from distill.engine import DistillConfig
 from storage import create_store
 
 CLASSES = ("a", "b", "c", "d")
@@ -43,3 +46,19 @@ def make_cache(cache: str, data: str, dim: int = 32, seed: int = 0, teacher: str
         writer.write_shard(s, emb[a:b].astype(np.float16), labels=np.array(images.labels[a:b]), paths=list(images.paths[a:b]))
     writer.finalize()
     return cache
+
+
+def tiny(cache: str, out: str | None, **kw) -> DistillConfig:
+    """A run of ``tiny_cnn`` on 16 px crops, bank 48, batch 16, 6 epochs, a metric line per step."""
+    base = dict(cache=cache, out=out, student="tiny_cnn", dim=16, input_size=16, bank_size=48, batch_size=16, epochs=6,
+                lr=0.1, lr_steps=(), crop_scale=(0.5, 1.0), workers=0, log_every=1, ckpt_every=1000, progress=False, probe_size=64)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+def losses(out: str) -> list[float]:
+    return [r["loss"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "loss" in r]
+
+
+def agreements(out: str) -> list[float]:
+    return [r["agreement"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "agreement" in r]

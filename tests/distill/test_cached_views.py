@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -15,10 +14,10 @@ from cache_builder.build import BuildConfig, build_cache
 from cache_builder.image_list import discover_splits
 from cache_builder.transforms import RRCViews
 from distill.data import AugmentedImages, ReferenceImages, open_rgb
-from distill.engine import DistillConfig, run
+from distill.engine import run
 from distill.targets import CacheMismatchError, load_targets
 from tests.cache_builder.synthetic import randomize_
-from tests.distill.synthetic import make_images
+from tests.distill.synthetic import losses, make_images, tiny
 
 CPU = torch.device("cpu")
 BAD = "a/999.png"  # sorts after a/023.png: listing index 24, so every later cache row is shifted
@@ -39,17 +38,6 @@ def built(tmp_path_factory):
     single = str(root / "single")
     build_cache(BuildConfig(out=single, **common))
     return {"root": root, "data": data, "multi": multi, "single": single}
-
-
-def tiny(cache: str, out: str, **kw) -> DistillConfig:
-    base = dict(cache=cache, out=out, student="tiny_cnn", dim=16, input_size=16, bank_size=48, batch_size=16, epochs=4,
-                lr=0.1, lr_steps=(), crop_scale=(0.5, 1.0), workers=0, log_every=1, ckpt_every=1000, progress=False, probe_size=64)
-    base.update(kw)
-    return DistillConfig(**base)
-
-
-def losses(out: str) -> list[float]:
-    return [r["loss"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "loss" in r]
 
 
 def test_student_input_is_the_cached_view_and_the_target_its_embedding(built) -> None:
@@ -82,14 +70,14 @@ def test_student_input_is_the_cached_view_and_the_target_its_embedding(built) ->
 
 def test_multi_view_cache_trains_and_resumes_exactly(built, tmp_path) -> None:
     out = str(tmp_path / "mv")
-    result = run(tiny(built["multi"], out))  # --data defaults to the root recorded in the cache
+    result = run(tiny(built["multi"], out, epochs=4))  # --data defaults to the root recorded in the cache
     assert result["finished"]
     ls = losses(out)
     assert len(ls) == 4 * 6 and all(np.isfinite(ls))
     assert sum(ls[-6:]) < sum(ls[:6])
     part = str(tmp_path / "part")
-    run(tiny(built["multi"], part, max_steps=9))
-    run(tiny(built["multi"], part))
+    run(tiny(built["multi"], part, epochs=4, max_steps=9))
+    run(tiny(built["multi"], part, epochs=4))
     assert losses(part) == pytest.approx(ls, rel=1e-5, abs=1e-6)
 
 

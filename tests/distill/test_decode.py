@@ -16,8 +16,7 @@ from distill.data import AugmentedImages
 from distill.decode import GpuViewDecoder, collate_encoded
 from distill.engine import fingerprint, run
 from distill.targets import load_targets
-from tests.distill.synthetic import make_cache
-from tests.distill.test_engine import losses, tiny
+from tests.distill.synthetic import losses, make_cache, tiny
 
 
 def make_jpegs(root: str, n: int = 24, seed: int = 0) -> str:

@@ -13,11 +13,11 @@ import time
 import pytest
 import torch
 
-from distill.engine import DistillConfig, RunMismatchError, run
+from distill.engine import RunMismatchError, run
 from distill.export import export_student, load_student
 from distill.targets import CacheMismatchError
 from tests.conftest import REPO_ROOT
-from tests.distill.synthetic import make_cache, make_images
+from tests.distill.synthetic import agreements, losses, make_cache, make_images, tiny
 
 
 @pytest.fixture(scope="module")
@@ -26,21 +26,6 @@ def setup(tmp_path_factory):
     data = make_images(str(root / "data"))
     cache = make_cache(str(root / "cache"), data)
     return root, data, cache
-
-
-def tiny(cache: str, out: str, **kw) -> DistillConfig:
-    base = dict(cache=cache, out=out, student="tiny_cnn", dim=16, input_size=16, bank_size=48, batch_size=16, epochs=6,
-                lr=0.1, lr_steps=(), crop_scale=(0.5, 1.0), workers=0, log_every=1, ckpt_every=1000, progress=False, probe_size=64)
-    base.update(kw)
-    return DistillConfig(**base)
-
-
-def losses(out: str) -> list[float]:
-    return [r["loss"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "loss" in r]
-
-
-def agreements(out: str) -> list[float]:
-    return [r["agreement"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "agreement" in r]
 
 
 TWO_QUEUE_COLLAPSE = pytest.mark.xfail(strict=False, reason=(
