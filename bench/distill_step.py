@@ -17,9 +17,11 @@ student output cached), a direct measurement of what the subtraction estimates. 
 (DESIGN.md section 5): loss + banks + gather <= 10 % of the step on CPU, <= 5 % on GPU.
 On a GPU the model runs under bf16 autocast with channels_last and bf16 banks, as the engine.
 
-Usage: ``python bench/distill_step.py`` (CPU defaults: resnet18 at 80 px, batch 64, bank 16384,
-for the same ratio of bank to convolution FLOPs as 224 px with a 128k bank; GPU defaults:
-224 px, batch 256, bank 128000). Pairs are ``D_t:D_s[:student]``.
+Usage: ``python bench/distill_step.py`` (CPU defaults: 80 px, batch 64, bank 16384, for the same
+ratio of bank to convolution FLOPs as 224 px with a 128k bank; GPU defaults: 224 px, batch 256,
+bank 128000). Pairs are ``D_t:D_s[:student]``; the defaults are the configurations the method
+is run in: ResNet-18 students of a 2048-d (ResNet-50) and an 8192-d (ResNet-50x4) teacher with
+a 128-d head, and the paper's ResNet-50 student of ResNet-50x4 with an 8192-d head.
 """
 
 from __future__ import annotations
@@ -219,8 +221,8 @@ def bench_pair(pair: str, args: argparse.Namespace, device: torch.device) -> dic
 def main() -> None:
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pairs", nargs="+", default=["2048:128", "8192:128", "8192:8192"], help="D_t:D_s[:student]")
-    p.add_argument("--student", default="resnet18")
+    p.add_argument("--pairs", nargs="+", default=["2048:128", "8192:128", "8192:8192:resnet50"], help="D_t:D_s[:student]")
+    p.add_argument("--student", default="resnet18", help="student of pairs that name none")
     p.add_argument("--variant", default="2q-momentum", choices=["2q", "2q-momentum", "1q"])
     p.add_argument("--input-size", type=int, default=224 if gpu else 80)
     p.add_argument("--batch-size", type=int, default=256 if gpu else 64)
@@ -231,13 +233,15 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5 if gpu else 7)
     p.add_argument("--device", default="cuda" if gpu else "cpu")
     p.add_argument("--bank-dtype", default="engine", choices=["engine", "float32", "bfloat16"],
-                   help="bank storage/matmul dtype [default: the engine's choice, bf16 on GPU, fp32 on CPU]")
+                   help="bank storage/matmul dtype [default: the engine's --bank-dtype auto: bf16 on GPUs and on CPUs "
+                        "with bf16 hardware, else fp32]")
     args = p.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"machine: {os.cpu_count()} cores ({cpu_name()}), torch {torch.__version__}, threads {torch.get_num_threads()}, device {device} ({name})")
     print(f"{args.variant}, batch {args.batch_size} x {args.input_size} px, bank {args.bank}, "
-          f"{'bf16 autocast' if device.type == 'cuda' else 'fp32 model'}, banks {args.bank_dtype}, "
+          f"{'bf16 autocast' if device.type == 'cuda' else 'fp32 model'}, banks "
+          f"{str(resolve_bank_dtype('auto', device)).removeprefix('torch.') + ' (engine auto)' if args.bank_dtype == 'engine' else args.bank_dtype}, "
           f"median of {args.repeats} repeats x {args.steps} steps (per-step times)\n")
     print("| D_t | D_s | student | bare step (ms) | full step (ms) | overhead (full - bare) / full | "
           "loss + banks + gather alone (ms, % of full) | reference step (ms) | reference overhead | "

@@ -56,8 +56,8 @@ def main() -> None:
 @click.option("--workers", default=2, show_default=True, help="DataLoader worker processes per rank (persistent across epochs).")
 @click.option("--prefetch-factor", default=2, show_default=True, help="Batches each worker loads ahead.")
 @click.option("--bank-dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
-              help="Precision of the banks and their similarity GEMMs: auto = bfloat16 on CUDA, float32 on CPU "
-                   "(bfloat16 also pays on CPUs with AMX; see bench/RESULTS.md).")
+              help="Precision of the banks and their similarity GEMMs: auto = bfloat16 on GPUs and on CPUs with bf16 "
+                   "matrix units (AMX, AVX512-BF16), else float32; a resumed run keeps the precision it started with.")
 @click.option("--decode", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
               help="Decode JPEGs in the workers (cpu) or on the training GPU (gpu; falls back to cpu without CUDA).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
@@ -104,16 +104,24 @@ def neighbours(cache: str, k: int, block_rows: int, recompute: bool) -> None:
 
     Exact inner-product search with FAISS over the whole cached train split, blockwise and
     resumable; written to CACHE/neighbours-k{K}/ and reused while the cache is unchanged.
+    Under torchrun (one process per GPU) the blocks are split between the processes.
     """
+    from distill import distributed as D
+    from distill.engine import pick_device
     from distill.neighbours import compute_neighbours
     from distill.targets import train_store_path
     from storage import StoreError
 
+    D.init_from_env(pick_device("auto"))
     try:
-        table = compute_neighbours(train_store_path(cache), k, block_rows=block_rows, recompute=recompute)
+        table = compute_neighbours(train_store_path(cache), k, block_rows=block_rows, recompute=recompute,
+                                   shard=(D.rank(), D.world_size()), barrier=D.barrier)
     except (ValueError, FileNotFoundError, OSError, StoreError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"{table.path}: {table.rows.shape[0]} rows x {table.k} neighbours")
+    finally:
+        D.shutdown()
+    if _is_rank_zero():
+        click.echo(f"{table.path}: {table.rows.shape[0]} rows x {table.k} neighbours")
 
 
 @main.command()

@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from distill import distributed as D
-from distill.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_atomic
+from distill.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_atomic, write_atomic
 from distill.data import AugmentedImages, ReferenceImages, normalise
 from distill.decode import DECODERS, GpuViewDecoder, collate_encoded
 from distill.objective import VARIANTS, CompRessObjective, normalised_query
@@ -44,6 +44,7 @@ from distill.targets import TeacherTargets, load_targets, train_store_path
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+OVERLAP_K = 10  # metrics.jsonl's overlap10: teacher-student top-10 neighbour overlap on the probe set
 # fields that do not change what is trained (so they may differ on resume)
 RUNTIME_FIELDS = ("out", "workers", "prefetch_factor", "log_every", "ckpt_every", "max_steps", "device", "compile", "fresh", "progress",
                   "shared_cache", "decode")
@@ -134,12 +135,50 @@ def learning_rate(cfg: DistillConfig, epoch: int, step_in_epoch: int, steps_per_
     return cfg.lr * cfg.lr_gamma ** sum(epoch >= m for m in cfg.lr_steps)
 
 
-def resolve_bank_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on CUDA (the similarity GEMMs are 25-40 % of a step in fp32 there), fp32
-    on CPU; ``bfloat16`` also pays on CPUs with bf16 matrix units (AMX), see bench/RESULTS.md."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
+def has_native_bf16_matmul(device: torch.device) -> bool:
+    """Whether bf16 GEMMs on ``device`` run on bf16 hardware (CUDA, or a CPU with AMX or
+    AVX512-BF16), where they cost about half of fp32 or less; elsewhere bf16 is emulated."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private torch.cpu probes (torch >= 2.3)
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def legacy_bank_dtype(device: torch.device) -> torch.dtype:
+    """What ``auto`` meant before it looked at the CPU: bf16 on CUDA, fp32 on CPU. A run whose
+    bank precision is this one keeps its fingerprint (so older runs still resume)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def resolve_bank_dtype(name: str, device: torch.device, previous: str | None = None) -> torch.dtype:
+    """The bank precision a run uses.
+
+    ``auto``: ``previous`` (the precision this output directory's run was started with, from its
+    ``config.json``) when there is one, so that a run resumed on another machine keeps its
+    numerics; else bf16 where the device has bf16 matrix hardware (the design: the similarity
+    GEMMs are 25-40 % of a step in fp32; bench/RESULTS.md measures it on CPU too), else fp32.
+    """
+    if name != "auto":
+        return getattr(torch, name)
+    if previous is not None:
+        return getattr(torch, previous)
+    return torch.bfloat16 if has_native_bf16_matmul(device) else torch.float32
+
+
+def previous_bank_dtype(out: str) -> str | None:
+    """The resolved bank precision recorded in ``out/config.json`` by an earlier run there, if a
+    checkpoint of it exists (``None`` for no run, or for a run written before it was recorded)."""
+    config_path = os.path.join(out, "config.json")
+    if not os.path.exists(os.path.join(out, CHECKPOINT)) or not os.path.exists(config_path):
+        return None
+    try:
+        with open(config_path) as f:
+            value = json.load(f).get("resolved_bank_dtype")
+    except (OSError, ValueError):
+        return None
+    return value if value in ("float32", "bfloat16") else None
 
 
 def fingerprint(cfg: DistillConfig, targets: TeacherTargets, decode: str = "cpu", bank_dtype: str | None = None) -> str:
@@ -213,8 +252,13 @@ class Trainer:
         self.student: Student = build_student(cfg.student, cfg.dim).to(self.device)
         self.input_size = cfg.input_size or self.student.spec.input_size
         self.key_student: Student | None = None
-        bank_dtype = resolve_bank_dtype(cfg.bank_dtype, self.device)
-        self.bank_dtype_override = None if bank_dtype == resolve_bank_dtype("auto", self.device) else str(bank_dtype).removeprefix("torch.")
+        previous = None if cfg.fresh else previous_bank_dtype(self.out)
+        bank_dtype = resolve_bank_dtype(cfg.bank_dtype, self.device, previous)
+        self.bank_dtype = str(bank_dtype).removeprefix("torch.")
+        if cfg.bank_dtype == "auto":
+            log.info("bank precision: %s (--bank-dtype auto%s)", self.bank_dtype,
+                     ", as this run was started" if previous else "")
+        self.bank_dtype_override = None if bank_dtype == legacy_bank_dtype(self.device) else self.bank_dtype
         if cfg.bank == "static-faiss":
             self.objective: CompRessObjective | StaticSupportObjective = self._static_objective(bank_dtype)
         else:
@@ -247,13 +291,11 @@ class Trainer:
         self.probe_rows = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[: min(cfg.probe_size, n)]
 
     def _static_objective(self, compute_dtype: torch.dtype) -> StaticSupportObjective:
-        """``--bank static-faiss``: load (rank 0 computes when missing) the neighbour table."""
-        from distill.neighbours import ensure_neighbours, load_neighbours
+        """``--bank static-faiss``: load the neighbour table, computing what is missing first (split
+        between the ranks under torchrun)."""
+        from distill.neighbours import ensure_neighbours
 
-        store = train_store_path(self.cfg.cache)
-        table = ensure_neighbours(store, self.cfg.neighbours) if D.rank() == 0 else None
-        D.barrier()
-        table = table or load_neighbours(store, self.cfg.neighbours)
+        table = ensure_neighbours(train_store_path(self.cfg.cache), self.cfg.neighbours, shard=(D.rank(), D.world_size()), barrier=D.barrier)
         rows = torch.from_numpy(table.rows).to(self.device)
         return StaticSupportObjective(self.targets.embeddings, rows, self.cfg.dim, self.cfg.random_anchors, self.cfg.t_teacher,
                                       self.cfg.t_student, self.cfg.seed, compute_dtype).to(self.device)
@@ -294,8 +336,15 @@ class Trainer:
         model.train(was_training)
         return torch.cat(out)
 
-    def neighbour_agreement(self) -> float:
-        """Fraction of probe images whose nearest other probe is the same for teacher and student."""
+    def neighbour_agreement(self, k: int = OVERLAP_K) -> dict[str, float]:
+        """How alike the student's and the teacher's neighbourhoods are on the fixed probe set.
+
+        Returns ``{"agreement": a, f"overlap{k}": o}``: ``a`` is the fraction of probe images whose
+        nearest other probe is the same for teacher and student (a coarse signal: with a few
+        dozen probes it moves by whole images); ``o`` is the mean fraction of each probe's ``k``
+        nearest teacher neighbours that are among its ``k`` nearest student neighbours
+        (``k`` clipped to the probes - 1), a much steadier measure of the same thing.
+        """
         rows = self.probe_rows
         with torch.no_grad():
             s = self.objective.student_query(self.embed_reference_views(self.student, rows))
@@ -303,7 +352,10 @@ class Trainer:
         sims_s, sims_t = s @ s.T, t @ t.T
         sims_s.fill_diagonal_(-2)
         sims_t.fill_diagonal_(-2)
-        return float((sims_s.argmax(1) == sims_t.argmax(1)).float().mean())
+        k = max(1, min(k, len(rows) - 1))
+        top_s, top_t = sims_s.topk(k, dim=1).indices, sims_t.topk(k, dim=1).indices
+        shared = (top_s.unsqueeze(2) == top_t.unsqueeze(1)).any(2).float().sum(1) / k
+        return {"agreement": float((sims_s.argmax(1) == sims_t.argmax(1)).float().mean()), f"overlap{OVERLAP_K}": float(shared.mean())}
 
     def init_banks(self) -> None:
         """Fill the banks from real data: teacher rows of ``bank_size`` random images and the
@@ -347,7 +399,8 @@ class Trainer:
         """Tensors every rank must hold identically: banks (anchors, pointers, row ids), the 1q
         projection, the student's and the key student's parameters. (BN running statistics are
         left out: each rank updates them from its own batch after rank 0's are broadcast.)"""
-        out = {f"objective.{k}": v for k, v in self.objective.state_dict().items()}
+        # (a module's non-tensor extra state, e.g. the static support's step counter, is skipped)
+        out = {f"objective.{k}": v for k, v in self.objective.state_dict().items() if isinstance(v, torch.Tensor)}
         out.update({f"student.{k}": v for k, v in self.student.named_parameters()})
         if self.key_student is not None:
             out.update({f"key_student.{k}": v for k, v in self.key_student.named_parameters()})
@@ -433,7 +486,10 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         cfg = self.cfg
         os.makedirs(self.out, exist_ok=True)
-        resumed = self.try_resume()
+        resumed = self.try_resume()  # raises (before config.json is touched) for another run's directory
+        if D.rank() == 0:
+            config = {**cfg.to_json(), "resolved_bank_dtype": self.bank_dtype, "fingerprint": self.fingerprint}
+            write_atomic(os.path.join(self.out, "config.json"), lambda f: f.write(json.dumps(config, indent=2, default=str).encode()))
         metrics_path = os.path.join(self.out, "metrics.jsonl")
         if resumed:
             if D.rank() == 0:
@@ -443,7 +499,7 @@ class Trainer:
             self.init_banks()
             if D.rank() == 0:
                 open(metrics_path, "w").close()
-                self._log_metric(metrics_path, {"step": 0, "epoch": 0, "agreement": self.neighbour_agreement()})
+                self._log_metric(metrics_path, {"step": 0, "epoch": 0, **self.neighbour_agreement()})
         self.student.train()
         start_step = self.global_step
         total_steps = cfg.epochs * self.steps_per_epoch
@@ -490,7 +546,7 @@ class Trainer:
                 self.epoch += 1
                 self.step_in_epoch = 0
                 if D.rank() == 0:
-                    self._log_metric(metrics_path, {"step": self.global_step, "epoch": self.epoch, "agreement": self.neighbour_agreement()})
+                    self._log_metric(metrics_path, {"step": self.global_step, "epoch": self.epoch, **self.neighbour_agreement()})
                 self.save()
         if bar is not None:
             bar.close()
@@ -527,15 +583,20 @@ def plot_loss_curve(metrics_path: str, png_path: str) -> None:
 
     records = [json.loads(line) for line in open(metrics_path) if line.strip()]
     losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    agree = [(r["step"], r["agreement"]) for r in records if "agreement" in r]
+    overlap = f"overlap{OVERLAP_K}"
+    probes = {"agreement": ("teacher-student NN agreement (top-1)", "tab:orange"),
+              overlap: (f"top-{OVERLAP_K} neighbour overlap", "tab:green")}
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if losses:
         ax.plot(*zip(*losses), color="tab:blue", label="CompRess loss (KL)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    if agree:
+    if any(key in r for r in records for key in probes):
         ax2 = ax.twinx()
-        ax2.plot(*zip(*agree), "o-", color="tab:orange", label="teacher-student NN agreement")
+        for key, (label, colour) in probes.items():
+            points = [(r["step"], r[key]) for r in records if key in r]
+            if points:
+                ax2.plot(*zip(*points), "o-", color=colour, label=label)
         ax2.set_ylabel("neighbour agreement")
         ax2.set_ylim(0, 1)
         ax2.legend(loc="center right")
@@ -570,10 +631,6 @@ def run(cfg: DistillConfig) -> dict[str, Any]:
     cfg = resolve_config(cfg)
     try:
         trainer = Trainer(cfg)
-        os.makedirs(trainer.out, exist_ok=True)
-        if D.rank() == 0:
-            with open(os.path.join(trainer.out, "config.json"), "w") as f:
-                json.dump({**cfg.to_json(), "fingerprint": trainer.fingerprint}, f, indent=2, default=str)
         return trainer.train()
     finally:
         D.shutdown()

@@ -159,6 +159,8 @@ def compute_neighbours(
     recompute: bool = False,
     embeddings: np.ndarray | None = None,
     on_block: Callable[[int, int], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    barrier: Callable[[], None] | None = None,
 ) -> NeighbourTable:
     """Compute (or resume, or reuse) the top-``k`` teacher neighbour table of a train store.
 
@@ -171,6 +173,11 @@ def compute_neighbours(
             other settings, instead of refusing it.
         embeddings: the store's rows ``(N, D)`` already in memory (else loaded here).
         on_block: called as ``on_block(block, num_blocks)`` after each block is written.
+        shard: ``(rank, world)``: under several processes (torchrun), every process calls this
+            with its own rank, computes the missing blocks ``b`` with ``b % world == rank`` and
+            waits at ``barrier``; rank 0 alone writes the manifest and assembles the table.
+        barrier: waits for all ``world`` processes (``torch.distributed.barrier``); required
+            when ``world > 1``.
     Returns:
         The complete table.
     Raises:
@@ -186,32 +193,43 @@ def compute_neighbours(
         raise ValueError(f"--neighbours/--k must be in [1, {n - 1}] for {store.path} ({n} rows), got {k}")
     if block_rows < 1:
         raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+    if world > 1 and barrier is None:
+        raise ValueError("computing neighbours on several processes needs a barrier")
+    wait = barrier or (lambda: None)
     directory = neighbour_dir(store.path, k)
     wanted = {"format": FORMAT, "k": k, "n": n, "dim": dim, "block_rows": block_rows, "fingerprint": cache_fingerprint(store),
               "cache": store.path, "metric": "ip", "complete": False}
-    os.makedirs(directory, exist_ok=True)
-    manifest = _read_manifest(directory)
+    # every rank reads and checks the same files, so a refusal is raised on all of them alike
+    # (no rank is left waiting at a barrier); only rank 0 writes
+    manifest = _read_manifest(directory) if os.path.isdir(directory) else None
+    stale = False
     if manifest is not None:
         try:
             _check(manifest, wanted, directory)
         except NeighboursMismatchError:
             if not recompute:
                 raise
-            log.info("%s: computed from another cache or with other settings; recomputing", directory)
-            _clear(directory)
-            manifest = None
-    if manifest is not None and manifest.get("complete"):
+            stale = True
+    if manifest is not None and manifest.get("complete") and not stale:
         return load_neighbours(cache_store, k)
     backend, device = choose_backend(k + 1)
-    if manifest is None:
-        _clear(directory)
-    _write_manifest(directory, {**wanted, "backend": backend, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    if rank == 0:
+        os.makedirs(directory, exist_ok=True)
+        if stale:
+            log.info("%s: computed from another cache or with other settings; recomputing", directory)
+        if manifest is None or stale:
+            _clear(directory)
+        _write_manifest(directory, {**wanted, "backend": backend, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    wait()  # the directory is clean and claimed before any rank writes a block
     emb = store.load_all() if embeddings is None else embeddings
     if emb.shape != (n, dim):
         raise ValueError(f"embeddings have shape {emb.shape}, the store {store.path} holds ({n}, {dim})")
     num_blocks = -(-n // block_rows)
     t0 = time.perf_counter()
-    for b in range(num_blocks):
+    for b in range(rank, num_blocks, world):
         path = os.path.join(directory, _block_name(b))
         if os.path.exists(path):
             continue
@@ -220,9 +238,20 @@ def compute_neighbours(
         blocks = ((s, np.asarray(emb[s:s + database_block], dtype=np.float32)) for s in range(0, n, database_block))
         _, index = search(queries, blocks, k + 1, metric="ip", backend=backend, device=device, database_block=database_block)
         _save_npy_atomic(path, drop_self(index, np.arange(start, stop)).astype(np.int32))
-        log.info("neighbours block %d/%d (%.1f s)", b + 1, num_blocks, time.perf_counter() - t0)
+        log.info("neighbours block %d/%d (%.1f s%s)", b + 1, num_blocks, time.perf_counter() - t0, f", rank {rank}" if world > 1 else "")
         if on_block is not None:
             on_block(b, num_blocks)
+    wait()  # every block is on disk
+    if rank == 0:
+        _assemble(directory, wanted, backend, n, k, block_rows, num_blocks, time.perf_counter() - t0)
+    wait()
+    return load_neighbours(cache_store, k)
+
+
+def _assemble(directory: str, wanted: dict[str, Any], backend: str, n: int, k: int, block_rows: int, num_blocks: int,
+              seconds: float) -> None:
+    """Join the blocks into ``neighbours.npy`` (atomically), mark the manifest complete and
+    delete the blocks, in that order (a kill at any point leaves a resumable directory)."""
     table_path = os.path.join(directory, TABLE)
     tmp = f"{table_path}.tmp-{os.getpid()}"
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=(n, k))
@@ -237,10 +266,9 @@ def compute_neighbours(
         os.fsync(f.fileno())
     os.replace(tmp, table_path)
     fsync_dir(directory)
-    _write_manifest(directory, {**wanted, "backend": backend, "complete": True, "seconds": round(time.perf_counter() - t0, 3)})
+    _write_manifest(directory, {**wanted, "backend": backend, "complete": True, "seconds": round(seconds, 3)})
     for b in range(num_blocks):
         os.remove(os.path.join(directory, _block_name(b)))
-    return load_neighbours(cache_store, k)
 
 
 def load_neighbours(cache_store: str, k: int, mmap: bool = False) -> NeighbourTable:
@@ -265,7 +293,8 @@ def load_neighbours(cache_store: str, k: int, mmap: bool = False) -> NeighbourTa
 
 def ensure_neighbours(cache_store: str, k: int, **kw: Any) -> NeighbourTable:
     """``load_neighbours`` if a matching complete table exists, else ``compute_neighbours``
-    (resuming a partial one). A table of another cache is refused, not recomputed."""
+    (resuming a partial one; ``kw`` as there, e.g. ``shard`` and ``barrier`` on several
+    processes). A table of another cache is refused, not recomputed."""
     try:
         return load_neighbours(cache_store, k)
     except FileNotFoundError:

@@ -92,13 +92,20 @@ def _l2_offset(queries: torch.Tensor) -> torch.Tensor:
     return -(queries * queries).sum(dim=1, keepdim=True)
 
 
-def _faiss_index(block: np.ndarray, metric: Metric, use_gpu: bool):
-    """A flat FAISS index holding ``block`` ``(B, D)`` (on GPU 0 with ``use_gpu``)."""
+def cuda_index(device: str) -> int:
+    """The GPU number of a ``cuda`` / ``cuda:N`` device string (``cuda``: torch's current device,
+    which torchrun ranks set to their own GPU)."""
+    _, _, number = device.partition(":")
+    return int(number) if number else torch.cuda.current_device()
+
+
+def _faiss_index(block: np.ndarray, metric: Metric, gpu: int | None):
+    """A flat FAISS index holding ``block`` ``(B, D)``, on GPU ``gpu`` unless it is None."""
     import faiss
 
     index = faiss.IndexFlatIP(block.shape[1]) if metric == "ip" else faiss.IndexFlatL2(block.shape[1])
-    if use_gpu:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    if gpu is not None:
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), gpu, index)
     index.add(block)
     return index
 
@@ -220,7 +227,7 @@ def search(
             raise ValueError(f"database rows have shape {block.shape[1:]}, queries have dimension {queries.shape[1]}")
         block_t = torch.from_numpy(block).to(device) if backend == "torch" else None
         block_sq = (block_t * block_t).sum(dim=1) if block_t is not None and metric == "l2" else None
-        index = _faiss_index(block, metric, device.startswith("cuda")) if backend == "faiss" else None
+        index = _faiss_index(block, metric, cuda_index(device) if device.startswith("cuda") else None) if backend == "faiss" else None
         for q0 in range(0, q_count, query_block):
             q = queries[q0:q0 + query_block]
             if backend == "torch":

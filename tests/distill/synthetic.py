@@ -60,5 +60,6 @@ def losses(out: str) -> list[float]:
     return [r["loss"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "loss" in r]
 
 
-def agreements(out: str) -> list[float]:
-    return [r["agreement"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "agreement" in r]
+def agreements(out: str, key: str = "agreement") -> list[float]:
+    """The probe metric ``key`` (``agreement``: top-1; ``overlap10``: top-10 overlap) per log line."""
+    return [r[key] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if key in r]

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -19,6 +20,7 @@ from distill.export import export_student
 from distill.sampler import EpochBatchSampler
 from distill.students import build_student
 from tests.conftest import REPO_ROOT
+from storage import open_store
 from tests.distill.synthetic import make_cache, make_images
 
 
@@ -162,3 +164,21 @@ def test_two_process_gloo_run_trains_keeps_banks_identical_and_resumes(tmp_path,
                         device="cpu", progress=False)
     with pytest.raises(RunMismatchError, match="2 processes and this one has 1"):
         run(cfg)
+
+
+def test_two_process_static_faiss_run_splits_the_neighbour_search(tmp_path, python_env) -> None:
+    data = make_images(str(tmp_path / "data"))
+    cache = make_cache(str(tmp_path / "cache"), data)
+    out = str(tmp_path / "static")
+    proc = _torchrun(cache, out, python_env, "--bank", "static-faiss", "--variant", "1q", "--neighbours", "8",
+                     "--random-anchors", "16", "--epochs", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "identical on all 2 ranks" in proc.stderr
+    table = np.load(os.path.join(cache, "neighbours-k8", "neighbours.npy"))
+    assert table.shape == (96, 8)
+    emb = open_store(os.path.join(cache, "train")).load_all().astype(np.float32)
+    sims = emb @ emb.T
+    np.fill_diagonal(sims, -np.inf)
+    # each row's 8 neighbours are its 8 most similar other rows (as sets: fp16 rows can tie)
+    assert all(np.sort(sims[i, table[i]])[0] >= np.sort(sims[i])[-8] for i in range(96))
+    assert [r["step"] for r in _metrics(out) if "loss" in r] == list(range(1, 7))

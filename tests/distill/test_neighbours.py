@@ -7,6 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
+import torch.multiprocessing as mp
 from click.testing import CliRunner
 
 from distill.cli import main
@@ -61,6 +63,41 @@ def test_kill_mid_run_then_resume_computes_only_missing_blocks(cache) -> None:
     table = ensure_neighbours(store, 3, block_rows=8, on_block=lambda b, n: done.append(b))
     assert done == [2, 3, 4]
     np.testing.assert_array_equal(table.rows, brute_force(open_store(store).load_all(), 3))
+
+
+def _sharded_worker(rank: int, init_file: str, store: str, result_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        done: list[int] = []
+        table = ensure_neighbours(store, 4, block_rows=6, shard=(rank, 2), barrier=dist.barrier, on_block=lambda b, n: done.append(b))
+        np.save(os.path.join(result_dir, f"rank{rank}.npy"), table.rows)
+        with open(os.path.join(result_dir, f"blocks{rank}.txt"), "w") as f:
+            f.write(" ".join(map(str, done)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_split_the_blocks_and_build_the_same_table(cache, tmp_path) -> None:
+    store = os.path.join(cache, "train")
+
+    def stop_after_block_0(b: int, n: int) -> None:
+        raise KeyboardInterrupt  # a killed single-process run left block 0 on disk
+
+    with pytest.raises(KeyboardInterrupt):
+        compute_neighbours(store, 4, block_rows=6, on_block=stop_after_block_0)
+    mp.spawn(_sharded_worker, args=(str(tmp_path / "init"), store, str(tmp_path)), nprocs=2, join=True)
+    # 40 rows / 6 = 7 blocks: rank 0 takes the even ones (block 0 already there), rank 1 the odd ones
+    assert (tmp_path / "blocks0.txt").read_text().split() == ["2", "4", "6"]
+    assert (tmp_path / "blocks1.txt").read_text().split() == ["1", "3", "5"]
+    expected = brute_force(open_store(store).load_all(), 4)
+    for rank in (0, 1):
+        np.testing.assert_array_equal(np.load(tmp_path / f"rank{rank}.npy"), expected)
+    assert not any(name.startswith("block-") for name in os.listdir(neighbour_dir(store, 4)))
+    with pytest.raises(ValueError, match="needs a barrier"):
+        compute_neighbours(store, 2, shard=(0, 2))
 
 
 def test_changed_cache_is_refused_then_recomputed(tmp_path) -> None:
