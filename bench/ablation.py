@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import os
+import statistics
 import sys
 import time
 
@@ -39,8 +40,16 @@ def settings(n_train: int, include: list[str]) -> list[tuple[str, dict]]:
         rows += [("teacher", {"teacher_size": size}) for size in (64, 96)]
     if "variant" in include:
         rows += [("variant", {"variant": v}) for v in ("1q", "2q", "2q-momentum")]
-        rows += [("variant", {"bank": "static-faiss"})]  # 1q-style; top-512 teacher neighbours + 2048 random rows
+    if "variant" in include or "static" in include:  # 1q-style; top-512 teacher neighbours + 2048 random rows
+        rows += [("static", {"bank": "static-faiss"}), ("static", {"bank": "static-faiss", "tail_correction": False})]
     return rows
+
+
+def _mean_range(values: list[float]) -> str:
+    """``mean`` for one value, ``mean (min-max)`` for several."""
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
 def main() -> None:
@@ -50,7 +59,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="distillation epochs (default: the demo's)")
     p.add_argument("--train-per-class", type=int, default=None, help="balanced subset size (default: the demo's)")
     p.add_argument("--val-per-class", type=int, default=None)
-    p.add_argument("--groups", default="bank,temperature,variant,teacher", help="comma-separated: bank, temperature, variant, teacher")
+    p.add_argument("--groups", default="bank,temperature,variant,teacher",
+                   help="comma-separated: bank, temperature, variant (includes static), static, teacher")
+    p.add_argument("--seeds", default="0", help="comma-separated distillation seeds; each row reports the mean (and the range) over them")
     p.add_argument("--device", default="auto")
     p.add_argument("--markdown", default=None, help="also write the table here (default OUT/ablation.md)")
     args = p.parse_args()
@@ -83,6 +94,7 @@ def main() -> None:
     lines = ["| group | setting | NN | kNN-20 | kNN-20 / its teacher | final loss | wall s |", "|---|---|---:|---:|---:|---:|---:|",
              f"| teacher | MobileNetV2 @{base.teacher_size}px | {teacher['nn']:.1f} | {teacher['knn20']:.1f} | 1.000 | | |"]
     seen: dict[str, str] = {}
+    seeds = [int(x) for x in args.seeds.split(",")]
     for group, overrides in settings(n_train, args.groups.split(",")):
         cfg = dataclasses.replace(base, **overrides)
         data, cache, teacher = teacher_cache(cfg.teacher_size)
@@ -90,7 +102,7 @@ def main() -> None:
             lines.append(f"| teacher | MobileNetV2 @{cfg.teacher_size}px | {teacher['nn']:.1f} | {teacher['knn20']:.1f} | 1.000 | | |")
         tag = f"{cfg.variant}-bank{min(cfg.bank_size, n_train)}-t{cfg.t}-e{cfg.epochs}"
         if cfg.bank == "static-faiss":
-            tag = f"static-k{cfg.neighbours}-r{cfg.random_anchors}-t{cfg.t}-e{cfg.epochs}"
+            tag = f"static-k{cfg.neighbours}-r{cfg.random_anchors}{'' if cfg.tail_correction else '-plain'}-t{cfg.t}-e{cfg.epochs}"
         if cfg.teacher_size != base.teacher_size:
             tag += f"-teacher{cfg.teacher_size}"
         label = ", ".join(f"{k}={v}" for k, v in overrides.items())
@@ -99,19 +111,25 @@ def main() -> None:
             print(lines[-1], flush=True)
             continue
         start = time.perf_counter()
-        dcfg = dataclasses.replace(distill_config(cfg, cache, data), out=os.path.join(args.out, "ablation", tag))
-        distill_run(dcfg)
-        feats = model_features(dcfg.out, data, os.path.join(args.out, "ablation", tag, "features"), cfg)
-        m = knn(KnnConfig(features=feats, protocol="compress", ks=(1, 20)))["metrics"]
-        losses = [json.loads(line)["loss"] for line in open(os.path.join(dcfg.out, "metrics.jsonl")) if '"loss"' in line]
-        final = sum(losses[-5:]) / max(1, len(losses[-5:]))
-        seen[tag] = f"{m['nn']:.1f} | {m['knn20']:.1f} | {m['knn20'] / teacher['knn20']:.3f} | {final:.3f} | {time.perf_counter() - start:.0f} |"
+        runs = []
+        for seed in seeds:
+            run_tag = tag if seed == 0 else f"{tag}-seed{seed}"
+            dcfg = dataclasses.replace(distill_config(cfg, cache, data), out=os.path.join(args.out, "ablation", run_tag), seed=seed)
+            distill_run(dcfg)
+            feats = model_features(dcfg.out, data, os.path.join(args.out, "ablation", run_tag, "features"), cfg)
+            m = knn(KnnConfig(features=feats, protocol="compress", ks=(1, 20)))["metrics"]
+            losses = [json.loads(line)["loss"] for line in open(os.path.join(dcfg.out, "metrics.jsonl")) if '"loss"' in line]
+            runs.append((m["nn"], m["knn20"], sum(losses[-5:]) / max(1, len(losses[-5:]))))
+        seen[tag] = (f"{_mean_range([r[0] for r in runs])} | {_mean_range([r[1] for r in runs])} | "
+                     f"{statistics.mean(r[1] for r in runs) / teacher['knn20']:.3f} | {statistics.mean(r[2] for r in runs):.3f} | "
+                     f"{time.perf_counter() - start:.0f} |")
         lines.append(f"| {group} | {label} | {seen[tag]}")
         print(lines[-1], flush=True)
     table = "\n".join(lines)
     path = args.markdown or os.path.join(args.out, "ablation.md")
     with open(path, "w") as f:
-        f.write(f"{source}: {n_train} train images, {base.epochs} epochs, student {base.student} @{base.student_size}px\n\n{table}\n")
+        f.write(f"{source}: {n_train} train images, {base.epochs} epochs, student {base.student} @{base.student_size}px, "
+                f"distillation seeds {args.seeds}\n\n{table}\n")
     print(table)
     print(f"written to {path}")
 

@@ -48,9 +48,9 @@ class DemoConfig:
             available (60k/10k when the full Fashion-MNIST is installed).
         teacher_size: the teacher's input size (28 px images are upsampled).
         student / student_size / dim: the student spec, its input size and head dimension.
-        variant, bank, bank_size, neighbours, random_anchors, epochs, batch_size, lr, t:
-            distillation settings (``compress-distill run``; ``neighbours`` and
-            ``random_anchors`` are used by ``bank="static-faiss"`` only).
+        variant, bank, bank_size, neighbours, random_anchors, tail_correction, epochs, batch_size, lr, t:
+            distillation settings (``compress-distill run``; ``neighbours``,
+            ``random_anchors`` and ``tail_correction`` are used by ``bank="static-faiss"`` only).
         weights: MobileNetV2 ImageNet weights file (default: looked up offline).
         workers: DataLoader workers. device: ``auto``, ``cpu``, ``cuda``.
     """
@@ -68,6 +68,7 @@ class DemoConfig:
     bank_size: int = 4096
     neighbours: int = 512
     random_anchors: int = 2048
+    tail_correction: bool = True
     epochs: int = 20
     batch_size: int = 128
     lr: float = 0.05
@@ -132,7 +133,7 @@ def distill_config(cfg: DemoConfig, cache: str, data: str) -> Any:
     return DistillConfig(
         cache=cache, data=data, out=os.path.join(cfg.out, "runs", "student"), student=cfg.student, dim=cfg.dim,
         variant=cfg.variant, bank=cfg.bank, bank_size=cfg.bank_size, neighbours=cfg.neighbours,
-        random_anchors=cfg.random_anchors, t_teacher=cfg.t, t_student=cfg.t, epochs=cfg.epochs,
+        random_anchors=cfg.random_anchors, tail_correction=cfg.tail_correction, t_teacher=cfg.t, t_student=cfg.t, epochs=cfg.epochs,
         batch_size=cfg.batch_size, lr=cfg.lr, schedule="cosine", input_size=cfg.student_size, crop_scale=cfg.crop_scale,
         workers=cfg.workers, device=cfg.device, seed=cfg.seed, log_every=10, ckpt_every=200, progress=cfg.progress,
         probe_size=512,

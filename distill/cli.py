@@ -42,6 +42,9 @@ def main() -> None:
 @click.option("--bank-size", default=128_000, show_default=True, help="Anchors in the memory bank (capped at the number of images).")
 @click.option("--neighbours", default=1024, show_default=True, help="static-faiss: teacher neighbours K per image (computed on demand).")
 @click.option("--random-anchors", default=4096, show_default=True, help="static-faiss: random anchors R per step, shared by the batch.")
+@click.option("--tail-correction/--no-tail-correction", default=True, show_default=True,
+              help="static-faiss: weight each random anchor as N/R train rows (and drop those among the query's neighbours), "
+                   "so the support's softmax estimates the one over the whole split; off: the K + R anchors as they are.")
 @click.option("--t-teacher", default=0.04, show_default=True, help="Teacher softmax temperature.")
 @click.option("--t-student", default=0.04, show_default=True, help="Student softmax temperature.")
 @click.option("--momentum", default=0.999, show_default=True, help="EMA momentum of the key student (2q-momentum).")
@@ -75,7 +78,7 @@ def run(**kw: object) -> None:
     cfg = DistillConfig(
         cache=kw["cache"], data=kw["data"], out=kw["out"], student=kw["student"], dim=kw["dim"],
         variant=kw["variant"] or ("1q" if kw["bank"] == "static-faiss" else "2q-momentum"), bank=kw["bank"],
-        neighbours=kw["neighbours"], random_anchors=kw["random_anchors"], bank_dtype=kw["bank_dtype"],
+        neighbours=kw["neighbours"], random_anchors=kw["random_anchors"], tail_correction=kw["tail_correction"], bank_dtype=kw["bank_dtype"],
         bank_size=kw["bank_size"], t_teacher=kw["t_teacher"], t_student=kw["t_student"], momentum=kw["momentum"],
         epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], weight_decay=kw["weight_decay"], schedule=kw["schedule"],
         lr_steps=tuple(int(x) for x in str(kw["lr_steps"]).split(",") if x), input_size=kw["input_size"],

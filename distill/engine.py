@@ -50,7 +50,7 @@ RUNTIME_FIELDS = ("out", "workers", "prefetch_factor", "log_every", "ckpt_every"
                   "shared_cache", "decode")
 BANKS = ("queue", "static-faiss")
 BANK_DTYPES = ("auto", "float32", "bfloat16")
-STATIC_FIELDS = ("bank", "neighbours", "random_anchors")  # not fingerprinted with --bank queue (old runs still resume)
+STATIC_FIELDS = ("bank", "neighbours", "random_anchors", "tail_correction")  # not fingerprinted with --bank queue (old runs still resume)
 
 
 class RunMismatchError(ValueError):
@@ -97,6 +97,7 @@ class DistillConfig:
     bank: str = "queue"
     neighbours: int = 1024
     random_anchors: int = 4096
+    tail_correction: bool = True
     bank_dtype: str = "auto"
 
     def validate(self) -> None:
@@ -167,17 +168,22 @@ def resolve_bank_dtype(name: str, device: torch.device, previous: str | None = N
     return torch.bfloat16 if has_native_bf16_matmul(device) else torch.float32
 
 
-def previous_bank_dtype(out: str) -> str | None:
-    """The resolved bank precision recorded in ``out/config.json`` by an earlier run there, if a
-    checkpoint of it exists (``None`` for no run, or for a run written before it was recorded)."""
+def previous_bank_dtype(out: str, device: torch.device) -> str | None:
+    """The bank precision of the run in ``out`` (``None`` when there is no checkpoint there):
+    the ``resolved_bank_dtype`` of its ``config.json``; for a run written before that was
+    recorded, what its ``bank_dtype`` meant then (``auto``: ``legacy_bank_dtype``)."""
     config_path = os.path.join(out, "config.json")
     if not os.path.exists(os.path.join(out, CHECKPOINT)) or not os.path.exists(config_path):
         return None
     try:
         with open(config_path) as f:
-            value = json.load(f).get("resolved_bank_dtype")
+            config = json.load(f)
     except (OSError, ValueError):
         return None
+    value = config.get("resolved_bank_dtype")
+    if value is None:
+        requested = config.get("bank_dtype", "auto")
+        value = str(legacy_bank_dtype(device)).removeprefix("torch.") if requested == "auto" else requested
     return value if value in ("float32", "bfloat16") else None
 
 
@@ -192,6 +198,8 @@ def fingerprint(cfg: DistillConfig, targets: TeacherTargets, decode: str = "cpu"
         fields["decode"] = decode
     if cfg.bank == "queue":
         fields = {k: v for k, v in fields.items() if k not in STATIC_FIELDS}
+    elif not cfg.tail_correction:
+        del fields["tail_correction"]  # the support as it was before the correction existed: older runs still resume
     h = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
     for rec in targets.store.manifest.shards:
         h.update(str(rec.checksum).encode())
@@ -252,7 +260,7 @@ class Trainer:
         self.student: Student = build_student(cfg.student, cfg.dim).to(self.device)
         self.input_size = cfg.input_size or self.student.spec.input_size
         self.key_student: Student | None = None
-        previous = None if cfg.fresh else previous_bank_dtype(self.out)
+        previous = None if cfg.fresh else previous_bank_dtype(self.out, self.device)
         bank_dtype = resolve_bank_dtype(cfg.bank_dtype, self.device, previous)
         self.bank_dtype = str(bank_dtype).removeprefix("torch.")
         if cfg.bank_dtype == "auto":
@@ -298,7 +306,7 @@ class Trainer:
         table = ensure_neighbours(train_store_path(self.cfg.cache), self.cfg.neighbours, shard=(D.rank(), D.world_size()), barrier=D.barrier)
         rows = torch.from_numpy(table.rows).to(self.device)
         return StaticSupportObjective(self.targets.embeddings, rows, self.cfg.dim, self.cfg.random_anchors, self.cfg.t_teacher,
-                                      self.cfg.t_student, self.cfg.seed, compute_dtype).to(self.device)
+                                      self.cfg.t_student, self.cfg.seed, compute_dtype, self.cfg.tail_correction).to(self.device)
 
     # ---- helpers ---------------------------------------------------------------------
     def _loader(self, dataset: Any, batches: Any, persistent: bool = False, collate_fn: Any = None) -> DataLoader:
@@ -509,7 +517,8 @@ class Trainer:
 
             bar = tqdm(total=total_steps, initial=self.global_step, desc=f"distill {cfg.student}", unit="step", dynamic_ncols=True)
         pending: list[torch.Tensor] = []
-        last_time, last_step = time.perf_counter(), self.global_step
+        # img/s counts training time only: checkpoints and probes in between are subtracted
+        last_time, last_step, paused = time.perf_counter(), self.global_step, 0.0
         gpu_decoder = GpuViewDecoder(self.input_size, self.device) if self.decode == "gpu" else None
         dataset = AugmentedImages(self.targets.images, self.input_size, cfg.crop_scale, cfg.seed, self.targets.crops,
                                   encoded=gpu_decoder is not None)
@@ -531,23 +540,27 @@ class Trainer:
                     loss = float(D.mean_over_ranks(torch.stack(pending).mean()))  # the only host sync, every log_every steps
                     pending.clear()
                     now = time.perf_counter()
-                    rate = (self.global_step - last_step) * self.global_batch / max(now - last_time, 1e-9)
-                    last_time, last_step = now, self.global_step
+                    rate = (self.global_step - last_step) * self.global_batch / max(now - last_time - paused, 1e-9)
+                    last_time, last_step, paused = now, self.global_step, 0.0
                     if D.rank() == 0:
                         self._log_metric(metrics_path, {"step": self.global_step, "epoch": self.epoch, "loss": loss, "lr": lr, "img_per_s": rate})
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2g}", img_s=f"{rate:.0f}")
                 if self.global_step % cfg.ckpt_every == 0:
+                    pause_start = time.perf_counter()
                     self.save()
+                    paused += time.perf_counter() - pause_start
                 if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
                     stopped = True
                     break
             if not stopped:
+                pause_start = time.perf_counter()
                 self.epoch += 1
                 self.step_in_epoch = 0
                 if D.rank() == 0:
                     self._log_metric(metrics_path, {"step": self.global_step, "epoch": self.epoch, **self.neighbour_agreement()})
                 self.save()
+                paused += time.perf_counter() - pause_start
         if bar is not None:
             bar.close()
         if self.global_step != start_step:  # a finished run that is rerun keeps its checkpoint byte for byte

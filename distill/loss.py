@@ -77,8 +77,16 @@ def compress_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor) ->
 #
 # with q_i the L2-normalised projection of the student embedding to D_t (1q-style), and the
 # loss is the same KL(p_i(t) || p_i(s)) as above, over the support. Support entries that must
-# not count (a random anchor that is the query itself) get ``MASKED_LOGIT`` in both rows: their
-# probability is exactly 0 and they add nothing to the loss or its gradient.
+# not count (a random anchor that is the query itself, or one of its neighbours, which the
+# support holds already) get ``MASKED_LOGIT`` in both rows: their probability is exactly 0 and
+# they add nothing to the loss or its gradient.
+#
+# Tail correction (``random_log_weight = log w``): the R random anchors are a uniform sample of
+# the M = N - 1 - K rows outside the neighbourhood, so each stands for w = M / R of them. Adding
+# log w to their logits (teacher and student alike) makes each row's softmax normaliser the
+# unbiased estimate  sum_k exp(l_ik) + w sum_j exp(l_ij)  of the sum over all N - 1 anchors:
+# the tail gets the weight it has in the full distribution instead of R / M of it (the
+# sampled-softmax correction for a uniform proposal). With w = 1 the support is taken as is.
 
 MASKED_LOGIT = -1e9
 
@@ -103,8 +111,10 @@ def support_logits(
     random_anchors: torch.Tensor,
     temperature: float,
     valid: torch.Tensor | None = None,
+    random_log_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Logits of each query over its support: ``[neighbour_term ++ random_term] / temperature``.
+    """Logits of each query over its support:
+    ``[neighbour_term / temperature ++ random_term / temperature + random_log_weight]``.
 
     Args:
         queries: ``(B, D)`` L2-normalised.
@@ -112,13 +122,17 @@ def support_logits(
         random_anchors: ``(R, D)`` anchors shared by the batch (``R`` may be 0).
         temperature: > 0.
         valid: optional ``(B, K + R)`` bool; False entries get ``MASKED_LOGIT``.
+        random_log_weight: ``log w`` added to the random anchors' logits (tail correction).
     Returns:
         ``(B, K + R)`` float32.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     scaled = queries * (1.0 / temperature)
-    logits = torch.cat([neighbour_term(scaled, neighbour_anchors), random_term(scaled, random_anchors)], dim=1).float()
+    random_logits = random_term(scaled, random_anchors).float()
+    if random_log_weight:
+        random_logits = random_logits + random_log_weight
+    logits = torch.cat([neighbour_term(scaled, neighbour_anchors).float(), random_logits], dim=1)
     if valid is not None:
         if valid.shape != logits.shape:
             raise ValueError(f"valid mask {tuple(valid.shape)} does not match the support logits {tuple(logits.shape)}")
@@ -134,6 +148,7 @@ def static_support_loss(
     t_teacher: float,
     t_student: float,
     valid: torch.Tensor | None = None,
+    random_log_weight: float = 0.0,
 ) -> torch.Tensor:
     """Mean ``KL(p_i(t) || p_i(s))`` over each query's support of K neighbours + R random anchors.
 
@@ -144,10 +159,11 @@ def static_support_loss(
         random_anchors: ``(R, D_t)`` teacher vectors of the shared random anchors.
         t_teacher, t_student: temperatures.
         valid: optional ``(B, K + R)`` bool mask of support entries that count.
+        random_log_weight: ``log w``, the tail correction (see above); 0 takes the support as is.
     Returns:
         A scalar float32 tensor (gradient only through ``student_queries``).
     """
     with torch.no_grad():
-        teacher_logits = support_logits(teacher_queries, neighbour_anchors, random_anchors, t_teacher, valid)
-    student_logits = support_logits(student_queries, neighbour_anchors, random_anchors, t_student, valid)
+        teacher_logits = support_logits(teacher_queries, neighbour_anchors, random_anchors, t_teacher, valid, random_log_weight)
+    student_logits = support_logits(student_queries, neighbour_anchors, random_anchors, t_student, valid, random_log_weight)
     return compress_loss(teacher_logits, student_logits)

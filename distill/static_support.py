@@ -9,6 +9,12 @@ recent batches each query i is compared with a *support* of
   ``(seed, step)`` (so a resumed run draws the same anchors); a random row equal to the
   query is masked out.
 
+With ``tail_correction`` (the default) the random rows stand for the rest of the split: a
+random row that is one of the query's neighbours is masked out too (the support holds it
+already), and the others get the weight ``N / R`` (``log(N / R)`` added to their logits), so
+that each softmax normaliser is an unbiased estimate of the sum over all other train rows
+(``distill.loss``, "Tail correction"). Without it the K + R anchors are taken as they are.
+
 All anchors are teacher vectors t_j; the student is compared with them through a linear
 projection to D_t (as ``1q``; dropped at export):
 teacher logits t_i . t_j / tau_t, student logits normalise(W s_i + b) . t_j / tau_s, loss
@@ -21,6 +27,7 @@ The module has the engine's bank-strategy interface of ``CompRessObjective``: ``
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -29,6 +36,15 @@ from torch import nn
 
 from distill.loss import static_support_loss
 from distill.objective import normalised_query
+
+
+def is_among(candidates: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``(B, R)`` bool: whether ``candidates[j]`` ``(R,)`` is one of ``rows[i]`` ``(B, K)``
+    (a sort of each row and a binary search, O(B (K log K + R log K)), not a (B, R, K) compare)."""
+    ordered = rows.sort(dim=1).values
+    queries = candidates.to(ordered.dtype).unsqueeze(0).expand(rows.shape[0], -1).contiguous()
+    position = torch.searchsorted(ordered, queries).clamp_(max=rows.shape[1] - 1)
+    return ordered.gather(1, position) == queries
 
 
 class StaticSupportObjective(nn.Module):
@@ -42,7 +58,8 @@ class StaticSupportObjective(nn.Module):
         random_anchors: R >= 0 shared random anchors per step.
         t_teacher, t_student: temperatures.
         seed: seeds the random anchors (with the step number).
-        compute_dtype: matmul precision (bf16 on GPU, fp32 on CPU).
+        compute_dtype: matmul precision of the support logits (the engine's bank precision).
+        tail_correction: weight the random anchors as a sample of the whole split (above).
     """
 
     student_bank = None
@@ -58,6 +75,7 @@ class StaticSupportObjective(nn.Module):
         t_student: float = 0.04,
         seed: int = 0,
         compute_dtype: torch.dtype = torch.float32,
+        tail_correction: bool = True,
     ) -> None:
         super().__init__()
         if teacher_embeddings.dim() != 2 or neighbours.dim() != 2 or neighbours.shape[0] != teacher_embeddings.shape[0]:
@@ -73,6 +91,9 @@ class StaticSupportObjective(nn.Module):
         self.t_student = float(t_student)
         self.seed = int(seed)
         self.compute_dtype = compute_dtype
+        self.tail_correction = bool(tail_correction)
+        n = teacher_embeddings.shape[0]
+        self.random_log_weight = math.log(n / self.random_anchors) if tail_correction and self.random_anchors else 0.0
         self.projection = nn.Linear(student_dim, teacher_embeddings.shape[1])
         self.step = 0  # steps taken; saved through get_extra_state
 
@@ -104,7 +125,10 @@ class StaticSupportObjective(nn.Module):
         emb = self.teacher_embeddings
         neighbour_anchors = emb[neighbour_rows].to(self.compute_dtype)
         random_anchors = emb.index_select(0, random_rows).to(self.compute_dtype)
-        valid = torch.cat([torch.ones_like(neighbour_rows, dtype=torch.bool), random_rows[None, :] != rows[:, None]], dim=1)
+        random_valid = random_rows[None, :] != rows[:, None]  # (B, R)
+        if self.tail_correction and self.random_anchors:
+            random_valid &= ~is_among(random_rows, neighbour_rows)
+        valid = torch.cat([torch.ones_like(neighbour_rows, dtype=torch.bool), random_valid], dim=1)
         return neighbour_anchors, random_anchors, valid
 
     def forward(self, student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -125,7 +149,8 @@ class StaticSupportObjective(nn.Module):
         neighbour_anchors, random_anchors, valid = self.support(rows)
         teacher_queries = F.normalize(teacher_embeddings.float(), dim=1).to(self.compute_dtype)
         student_queries = query.to(self.compute_dtype)
-        return static_support_loss(teacher_queries, student_queries, neighbour_anchors, random_anchors, self.t_teacher, self.t_student, valid)
+        return static_support_loss(teacher_queries, student_queries, neighbour_anchors, random_anchors, self.t_teacher, self.t_student, valid,
+                                   self.random_log_weight)
 
     @torch.no_grad()
     def enqueue(self, teacher_embeddings: torch.Tensor, key_embeddings: torch.Tensor | None, row_ids: torch.Tensor | None = None) -> None:

@@ -239,6 +239,17 @@ def test_auto_bank_dtype_follows_the_hardware_and_keeps_a_runs_precision_on_resu
     state = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
     assert state["objective"]["teacher_bank.anchors"].dtype == torch.float32
     assert json.load(open(os.path.join(out, "config.json")))["resolved_bank_dtype"] == "float32"
+    # a run written before the resolved precision was recorded (auto meant float32 on CPU then)
+    # resumes on bf16 hardware in float32, with its old fingerprint
+    legacy = str(tmp_path / "legacy")
+    run(tiny(cache, legacy, variant="1q", epochs=2, max_steps=7))
+    config = json.load(open(os.path.join(legacy, "config.json")))
+    del config["resolved_bank_dtype"]
+    json.dump(config, open(os.path.join(legacy, "config.json"), "w"))
+    monkeypatch.setattr(engine, "has_native_bf16_matmul", lambda device: True)
+    assert run(tiny(cache, legacy, variant="1q", epochs=2))["finished"]
+    state = torch.load(os.path.join(legacy, "checkpoint.pt"), weights_only=True)
+    assert state["objective"]["teacher_bank.anchors"].dtype == torch.float32
 
 
 def test_a_refused_run_leaves_the_existing_runs_config_untouched(setup, tmp_path) -> None:
@@ -249,3 +260,26 @@ def test_a_refused_run_leaves_the_existing_runs_config_untouched(setup, tmp_path
     with pytest.raises(RunMismatchError):
         run(tiny(cache, out, epochs=1, lr=0.5))
     assert open(os.path.join(out, "config.json")).read() == before
+
+
+def test_images_per_second_leaves_out_checkpoint_and_probe_time(setup, tmp_path, monkeypatch) -> None:
+    """On a fake clock where each step takes 1 s and each checkpoint or probe 100 s, every
+    logged rate is exactly one global batch per second."""
+    _, data, cache = setup
+    clock = [0.0]
+    monkeypatch.setattr(engine, "time", type("FakeTime", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+
+    def slow(method, seconds):
+        def wrapped(self, *args, **kwargs):
+            result = method(self, *args, **kwargs)
+            clock[0] += seconds
+            return result
+        return wrapped
+
+    monkeypatch.setattr(engine.Trainer, "train_step", slow(engine.Trainer.train_step, 1.0))
+    monkeypatch.setattr(engine.Trainer, "save", slow(engine.Trainer.save, 100.0))
+    monkeypatch.setattr(engine.Trainer, "neighbour_agreement", slow(engine.Trainer.neighbour_agreement, 100.0))
+    out = str(tmp_path / "rate")
+    run(tiny(cache, out, epochs=3, log_every=4, ckpt_every=5))
+    rates = [r["img_per_s"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "img_per_s" in r]
+    assert len(rates) == 18 // 4 and rates == pytest.approx([16.0] * len(rates))

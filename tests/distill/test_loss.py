@@ -22,7 +22,7 @@ from distill.loss import (
 )
 from distill.memory_bank import MemoryBank
 from distill.objective import CompRessObjective
-from distill.static_support import StaticSupportObjective
+from distill.static_support import StaticSupportObjective, is_among
 
 
 def direct_kl(t: torch.Tensor, s: torch.Tensor, bank_t: torch.Tensor, bank_s: torch.Tensor, tau_t: float, tau_s: float) -> float:
@@ -132,33 +132,72 @@ def test_an_image_is_never_compared_with_itself(variant) -> None:
 # ---- the static support (--bank static-faiss) ------------------------------------------------
 
 
-def direct_support_kl(t, q, table, emb, neighbours, randoms, tau_t, tau_s) -> float:
-    """Loops over the formula: support of row i = its neighbours + the random rows that are not i."""
+def direct_support_kl(t, q, table, emb, neighbours, randoms, tau_t, tau_s, weight: float = 1.0, corrected: bool = False) -> float:
+    """Loops over the formula: support of row i = its neighbours + the random rows that are not i
+    (and, ``corrected``, not among its neighbours), each random row counted ``weight`` times."""
     total = 0.0
     for b, i in enumerate(table):
-        support = [int(j) for j in neighbours[i]] + [int(r) for r in randoms if int(r) != int(i)]
-        zt = [math.exp(float(t[b] @ emb[j]) / tau_t) for j in support]
-        zs = [math.exp(float(q[b] @ emb[j]) / tau_s) for j in support]
+        own = [int(j) for j in neighbours[i]]
+        tail = [int(r) for r in randoms if int(r) != int(i) and not (corrected and int(r) in own)]
+        support = [(j, 1.0) for j in own] + [(j, weight) for j in tail]
+        zt = [w * math.exp(float(t[b] @ emb[j]) / tau_t) for j, w in support]
+        zs = [w * math.exp(float(q[b] @ emb[j]) / tau_s) for j, w in support]
         total += sum((a / sum(zt)) * math.log((a / sum(zt)) / (c / sum(zs))) for a, c in zip(zt, zs))
     return total / len(table)
 
 
-def test_static_support_loss_equals_the_formula() -> None:
+@pytest.mark.parametrize("corrected", [True, False])
+def test_static_support_loss_equals_the_formula(corrected) -> None:
     N, Dt, Ds, K, R, tau_t, tau_s = 12, 5, 3, 4, 6, 0.04, 0.07
     emb = unit(N, Dt, seed=1)
     neighbours = torch.stack([torch.randperm(N, generator=torch.Generator().manual_seed(i))[:K + 1] for i in range(N)])
     neighbours = torch.stack([row[row != i][:K] for i, row in enumerate(neighbours)]).int()
-    obj = StaticSupportObjective(emb, neighbours, Ds, random_anchors=R, t_teacher=tau_t, t_student=tau_s, seed=3)
+    obj = StaticSupportObjective(emb, neighbours, Ds, random_anchors=R, t_teacher=tau_t, t_student=tau_s, seed=3, tail_correction=corrected)
     rows = torch.tensor([0, 5, 7])
     student_raw = torch.randn(3, Ds)
     randoms = obj.random_rows(0)
     randoms[0] = 5  # make sure one random anchor is a query itself (masked out)
+    randoms[1] = neighbours[0, 2]  # and one is a neighbour of query 0 (masked out for it when corrected)
     obj.random_rows = lambda step: randoms  # type: ignore[method-assign]
     loss = obj(student_raw, emb[rows], rows)
     q = obj.student_query(student_raw).detach()
-    assert loss.item() == pytest.approx(direct_support_kl(emb[rows], q, rows, emb, neighbours, randoms, tau_t, tau_s), rel=1e-4, abs=1e-6)
+    weight = N / R if corrected else 1.0
+    expected = direct_support_kl(emb[rows], q, rows, emb, neighbours, randoms, tau_t, tau_s, weight, corrected)
+    assert loss.item() == pytest.approx(expected, rel=1e-4, abs=1e-6)
     loss.backward()
     assert obj.projection.weight.grad.abs().sum() > 0
+
+
+def test_tail_corrected_support_normaliser_is_unbiased_for_the_whole_split() -> None:
+    """Averaged over steps, sum_k exp(l_ik) + N/R sum_j exp(l_ij) over the support equals the
+    sum over all other rows; without the correction it is far below."""
+    N, D, K, R, tau = 60, 6, 5, 8, 0.5
+    emb = unit(N, D, seed=5)
+    sims = emb @ emb.T
+    neighbours = torch.stack([torch.tensor([j for j in sims[i].argsort(descending=True).tolist() if j != i][:K]) for i in range(N)]).int()
+    rows = torch.arange(N)
+    exact = torch.exp(sims / tau).fill_diagonal_(0).sum(1)  # (N,) over all other rows
+    estimates = {}
+    for corrected in (True, False):
+        obj = StaticSupportObjective(emb, neighbours, 3, random_anchors=R, t_teacher=tau, seed=0, tail_correction=corrected)
+        total = torch.zeros(N)
+        steps = 3000
+        for step in range(steps):
+            obj.step = step
+            neighbour_anchors, random_anchors, valid = obj.support(rows)
+            logits = support_logits(emb, neighbour_anchors, random_anchors, tau, valid, obj.random_log_weight)
+            total += torch.exp(logits).sum(1)
+        estimates[corrected] = total / steps
+    assert torch.allclose(estimates[True], exact, rtol=0.05)
+    assert (estimates[False] < 0.5 * exact).all()
+
+
+def test_is_among_matches_a_direct_comparison() -> None:
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, 30, (7, 5), generator=g)
+    candidates = torch.randint(0, 30, (40,), generator=g)
+    expected = (candidates[None, :, None] == rows[:, None, :]).any(2)
+    assert torch.equal(is_among(candidates, rows), expected)
 
 
 def test_static_support_terms_and_zero_kl_when_logits_coincide() -> None:
