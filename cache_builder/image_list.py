@@ -68,12 +68,18 @@ def _walk_images(directory: str, base: str) -> list[str]:
     return sorted(found)
 
 
+def class_folders(root: str) -> tuple[str, ...]:
+    """The class folders of ``root``: its sub-directories not starting with ``.``, sorted by name
+    (label ``i`` is the ``i``-th); a directory listing, no walk."""
+    return tuple(sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith(".")))
+
+
 def scan_image_folder(root: str) -> ImageList:
     """List a class-folder root (``root/<class>/**/image``); images directly in ``root`` get label -1
     when there are no class folders. Raises ``ImageListError`` when there is no image at all."""
     if not os.path.isdir(root):
         raise ImageListError(f"{root}: not a directory")
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    classes = class_folders(root)
     paths: list[str] = []
     labels: list[int] = []
     for label, cls in enumerate(classes):

@@ -1,7 +1,11 @@
-"""A deterministic listing of an ImageFolder-style dataset: ``ROOT/<split>/<class>/<image>``.
+"""Evaluation listings of an ImageFolder-style dataset: ``ROOT/<split>/<class>/<image>``.
 
-Classes are the sorted sub-folders of ``ROOT/train``; images are sorted by relative path.
-(To be replaced by the shared lister of ``cache_builder`` once it lands.)
+The images of a split, and their order, are those of ``cache_builder.image_list`` (the lister
+stage 1 records in the cache and stage 2 checks against), so features, caches and runs of one
+dataset always agree row by row. What evaluation adds: paths relative to ``ROOT`` (with the
+split prefix, as the feature stores record them), labels that follow the classes of
+``ROOT/train`` in every split (a val split may hold fewer classes, never unknown ones), and a
+fingerprint that also covers file sizes.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+from cache_builder.image_list import class_folders, scan_image_folder
 
 
 @dataclass(frozen=True)
@@ -20,7 +24,7 @@ class ImageListing:
     Attributes:
         root: dataset root. split: ``"train"`` or ``"val"``.
         classes: class names; label ``i`` is ``classes[i]``.
-        paths: image paths relative to ``root`` (``split/class/file``), sorted.
+        paths: image paths relative to ``root`` (``split/class/file``), in dataset order.
         labels: label of each path.
     """
 
@@ -43,7 +47,7 @@ def list_classes(root: str) -> tuple[str, ...]:
     train = os.path.join(root, "train")
     if not os.path.isdir(train):
         raise ValueError(f"{root}: expected an ImageFolder-style root with train/ and val/ class folders; no {train}")
-    classes = tuple(sorted(e.name for e in os.scandir(train) if e.is_dir()))
+    classes = class_folders(train)
     if not classes:
         raise ValueError(f"{train}: no class folders")
     return classes
@@ -60,17 +64,15 @@ def list_split(root: str, split: str, classes: tuple[str, ...] | None = None) ->
     if not os.path.isdir(base):
         raise ValueError(f"{root}: no {split}/ folder")
     index = {c: i for i, c in enumerate(classes)}
-    paths: list[str] = []
-    labels: list[int] = []
-    for entry in sorted(e.name for e in os.scandir(base) if e.is_dir()):
-        if entry not in index:
-            raise ValueError(f"{base}/{entry}: class folder not present in train/ (known: {len(classes)} classes)")
-        for dirpath, _, files in os.walk(os.path.join(base, entry)):
-            for f in files:
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(os.path.relpath(os.path.join(dirpath, f), root))
-                    labels.append(index[entry])
-    if not paths:
-        raise ValueError(f"{base}: the split is empty (no images with extensions {', '.join(IMAGE_EXTENSIONS)})")
-    order = sorted(range(len(paths)), key=paths.__getitem__)
-    return ImageListing(root, split, classes, tuple(paths[i] for i in order), tuple(labels[i] for i in order))
+    for name in class_folders(base):
+        if name not in index:
+            raise ValueError(f"{base}/{name}: class folder not present in train/ (known: {len(classes)} classes)")
+    try:
+        listing = scan_image_folder(base)
+    except ValueError:
+        raise ValueError(f"{base}: the split is empty (no images in its class folders)") from None
+    if not listing.classes:  # images directly in the split folder, no class folders
+        raise ValueError(f"{base}: no class folders (expected {split}/<class>/<image>)")
+    paths = tuple(f"{split}/{p}" for p in listing.paths)
+    labels = tuple(index[listing.classes[label]] for label in listing.labels)
+    return ImageListing(root, split, classes, paths, labels)

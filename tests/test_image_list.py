@@ -49,3 +49,24 @@ def test_errors_name_the_culprit(tmp_path) -> None:
     bad.write_text("a.png -4\n")
     with pytest.raises(ImageListError, match=r"l.txt:1: label -4"):
         read_file_list(str(bad))
+
+
+def test_evaluation_listing_has_the_cache_order_and_images(tmp_path) -> None:
+    """evaluate's split listing is stage 1's (same images, same order), with split-prefixed paths:
+    class "a-b" sorts after "a" as a class but before it as a path prefix ('-' < '/')."""
+    from PIL import Image
+
+    from evaluate.image_folder import list_split
+
+    for split in ("train", "val"):
+        for cls in ("a", "a-b"):
+            os.makedirs(tmp_path / split / cls)
+            for name in ("x.png", "y.gif"):
+                Image.new("RGB", (4, 4)).save(tmp_path / split / cls / name)
+    os.makedirs(tmp_path / "val" / ".cache")  # hidden folders are not classes
+    for split in ("train", "val"):
+        stage1 = discover_splits(str(tmp_path))[split]
+        listing = list_split(str(tmp_path), split)
+        assert listing.paths == tuple(f"{split}/{p}" for p in stage1.paths)
+        assert listing.labels == stage1.labels and listing.classes == stage1.classes == ("a", "a-b")
+    assert list_split(str(tmp_path), "train").paths[:2] == ("train/a/x.png", "train/a/y.gif")
