@@ -344,7 +344,7 @@ class Trainer:
         model.train(was_training)
         return torch.cat(out)
 
-    def neighbour_agreement(self, k: int = OVERLAP_K) -> dict[str, float]:
+    def probe_metrics(self, k: int = OVERLAP_K) -> dict[str, float]:
         """How alike the student's and the teacher's neighbourhoods are on the fixed probe set.
 
         Returns ``{"agreement": a, f"overlap{k}": o}``: ``a`` is the fraction of probe images whose
@@ -507,7 +507,7 @@ class Trainer:
             self.init_banks()
             if D.rank() == 0:
                 open(metrics_path, "w").close()
-                self._log_metric(metrics_path, {"step": 0, "epoch": 0, **self.neighbour_agreement()})
+                self._log_metric(metrics_path, {"step": 0, "epoch": 0, **self.probe_metrics()})
         self.student.train()
         start_step = self.global_step
         total_steps = cfg.epochs * self.steps_per_epoch
@@ -558,7 +558,7 @@ class Trainer:
                 self.epoch += 1
                 self.step_in_epoch = 0
                 if D.rank() == 0:
-                    self._log_metric(metrics_path, {"step": self.global_step, "epoch": self.epoch, **self.neighbour_agreement()})
+                    self._log_metric(metrics_path, {"step": self.global_step, "epoch": self.epoch, **self.probe_metrics()})
                 self.save()
                 paused += time.perf_counter() - pause_start
         if bar is not None:

@@ -29,14 +29,11 @@ def setup(tmp_path_factory):
     return root, data, cache
 
 
-TWO_QUEUE_COLLAPSE = pytest.mark.xfail(strict=False, reason=(
-    "known, open: on this tiny set (96 images, bank 48, batch 16, lr 0.1) the plain 2q student head collapses to one "
-    "embedding within a few steps (outputs' mean cosine -> 1.0, loss -> KL(teacher || uniform)), a stationary point "
-    "of the 2q loss; 1q escapes it because its anchors are fixed teacher vectors. See docs/distill.md."))
-
-
-@pytest.mark.parametrize("variant", ["1q", pytest.param("2q", marks=TWO_QUEUE_COLLAPSE), "2q-momentum"])
+@pytest.mark.parametrize("variant", ["1q", "2q", "2q-momentum"])
 def test_training_lowers_the_loss_and_raises_neighbour_agreement(setup, variant, tmp_path) -> None:
+    """Each variant learns on the tiny set: the loss drops by a fifth and the top-10 neighbour
+    overlap with the teacher rises (plain 2q too: it contracts in its first epoch, then spreads,
+    docs/distill.md)."""
     _, data, cache = setup
     out = str(tmp_path / variant)
     result = run(tiny(cache, out, variant=variant, momentum=0.9))
@@ -278,7 +275,7 @@ def test_images_per_second_leaves_out_checkpoint_and_probe_time(setup, tmp_path,
 
     monkeypatch.setattr(engine.Trainer, "train_step", slow(engine.Trainer.train_step, 1.0))
     monkeypatch.setattr(engine.Trainer, "save", slow(engine.Trainer.save, 100.0))
-    monkeypatch.setattr(engine.Trainer, "neighbour_agreement", slow(engine.Trainer.neighbour_agreement, 100.0))
+    monkeypatch.setattr(engine.Trainer, "probe_metrics", slow(engine.Trainer.probe_metrics, 100.0))
     out = str(tmp_path / "rate")
     run(tiny(cache, out, epochs=3, log_every=4, ckpt_every=5))
     rates = [r["img_per_s"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "img_per_s" in r]
