@@ -469,8 +469,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x = self._to_input(images)
-        rows = rows.to(self.device)
+        # rows and views as the loader gives them (pinned on CUDA): the copies are asynchronous,
+        # so the host never waits for the previous step here (a blocking copy would synchronise)
         teacher = self.targets.gather(rows, views)
+        rows = rows.to(self.device, non_blocking=True)
         with self._autocast():
             student_out, query = self.model(x)
             loss = self.objective.query_loss(query, teacher, rows)

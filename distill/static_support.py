@@ -114,7 +114,10 @@ class StaticSupportObjective(nn.Module):
         device of the embeddings; a function of ``(seed, step)`` only."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         rows = torch.randint(0, self.teacher_embeddings.shape[0], (self.random_anchors,), generator=g)
-        return rows.to(self.teacher_embeddings.device)
+        device = self.teacher_embeddings.device
+        if device.type == "cuda":  # pinned + asynchronous: no host sync per step
+            return rows.pin_memory().to(device, non_blocking=True)
+        return rows.to(device)
 
     def support(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(neighbour_anchors (B, K, D_t), random_anchors (R, D_t), valid (B, K + R))`` of the

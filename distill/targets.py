@@ -49,6 +49,7 @@ class TeacherTargets:
     embeddings: torch.Tensor
     crops: np.ndarray | None = None
     skipped: tuple[dict[str, Any], ...] = ()
+    device: torch.device | None = None  # where gathered rows go (default: the embeddings' device)
 
     @property
     def dim(self) -> int:
@@ -60,13 +61,25 @@ class TeacherTargets:
 
     def gather(self, rows: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
         """``(B,)`` dataset rows (and ``(B,)`` view indices of a multi-view cache) ->
-        ``(B, D_t)`` float32 teacher embeddings."""
-        rows = rows.to(self.embeddings.device)
+        ``(B, D_t)`` float32 teacher embeddings on ``device``.
+
+        With the embeddings on the GPU the rows are indexed there (pass them as the loader gives
+        them, pinned: the copy is asynchronous). With the embeddings in host memory (a cache too
+        big for the GPU) the rows are indexed on the CPU and the ``(B, D_t)`` result is copied,
+        pinned and asynchronously, then converted to float32 on the device.
+        """
+        source = self.embeddings.device
+        rows = rows.to(source, non_blocking=True)
         if self.embeddings.dim() == 2:
-            return self.embeddings.index_select(0, rows).float()
-        if views is None:
+            picked = self.embeddings.index_select(0, rows)
+        elif views is None:
             raise ValueError(f"{self.store.path} is a {self.views}-view cache: gather needs the view of every row")
-        return self.embeddings[rows, views.to(self.embeddings.device)].float()
+        else:
+            picked = self.embeddings[rows, views.to(source, non_blocking=True)]
+        target = self.device or source
+        if target != source:
+            picked = (picked.pin_memory() if target.type == "cuda" else picked).to(target, non_blocking=True)
+        return picked.float()
 
     def reference(self, rows: torch.Tensor) -> torch.Tensor:
         """``(R, D_t)`` teacher embeddings of the fixed reference view (bank init, probes): the
@@ -143,5 +156,21 @@ def load_targets(cache: str, data: str, device: torch.device, shared: bool = Fal
     else:
         embeddings = store.load_all("torch", pin_memory=device.type == "cuda")
     if device.type == "cuda":
-        embeddings = embeddings.to(device, non_blocking=True)
-    return TeacherTargets(store, images, embeddings, crops, skipped)
+        free, _ = torch.cuda.mem_get_info(device)
+        if fits_on_device(embeddings.numel() * embeddings.element_size(), free):
+            embeddings = embeddings.to(device, non_blocking=True)
+        else:
+            log.warning("%s: the cached embeddings (%.1f GB) take more than %d %% of the GPU's free memory (%.1f GB): they stay "
+                        "in %s host memory and each batch's rows are copied to the GPU", store.path,
+                        embeddings.numel() * embeddings.element_size() / 1e9, round(100 * DEVICE_FRACTION), free / 1e9,
+                        "shared" if shared else "pinned")
+    return TeacherTargets(store, images, embeddings, crops, skipped, device)
+
+
+DEVICE_FRACTION = 0.5  # of the GPU's free memory the cache may take; the rest is the training's
+
+
+def fits_on_device(nbytes: int, free_bytes: int) -> bool:
+    """Whether a cache of ``nbytes`` goes to the GPU (else it stays in host memory): it may take
+    at most ``DEVICE_FRACTION`` of the memory free on the GPU before training starts."""
+    return nbytes <= DEVICE_FRACTION * free_bytes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from evaluate.knn import knn_classify, majority_vote, weighted_vote
 from distill.topk import search
@@ -118,6 +119,7 @@ def test_mismatched_dims_are_refused() -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("protocol", ["compress", "dino"])
 def test_cuda_torch_backend_equals_cpu(protocol: str) -> None:
     rng = np.random.default_rng(6)
