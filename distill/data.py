@@ -16,6 +16,7 @@ Samples are ``(uint8 (3, S, S), row, view)``; normalisation happens on the train
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -144,8 +145,14 @@ class ReferenceImages(Dataset):
         return TF.pil_to_tensor(im), row
 
 
+@functools.lru_cache(maxsize=16)
+def _channel_constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, std)`` as ``(1, 3, 1, 1)`` tensors on ``device``, made once: building them per
+    batch would be a blocking host-to-device copy, i.e. a host sync every step."""
+    return torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1)
+
+
 def normalise(batch: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 ``(B, 3, H, W)`` -> float ``(B, 3, H, W)``, on the batch's device."""
-    m = torch.tensor(mean, device=batch.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=batch.device).view(1, 3, 1, 1)
+    m, s = _channel_constants(tuple(mean), tuple(std), batch.device)
     return (batch.float().div_(255) - m) / s
