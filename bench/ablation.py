@@ -32,6 +32,8 @@ from demo.teacher_weights import find_teacher_weights  # noqa: E402
 def settings(n_train: int, include: list[str]) -> list[tuple[str, dict]]:
     """``(group, overrides of the demo's defaults)`` for each ablation row."""
     rows: list[tuple[str, dict]] = []
+    if "default" in include:  # the demo's settings alone (1q, queue of 4096), e.g. beside static over several seeds
+        rows += [("default", {})]
     if "bank" in include:
         rows += [("bank", {"bank_size": n}) for n in (256, 1024, 4096, n_train)]
     if "temperature" in include:
@@ -60,7 +62,7 @@ def main() -> None:
     p.add_argument("--train-per-class", type=int, default=None, help="balanced subset size (default: the demo's)")
     p.add_argument("--val-per-class", type=int, default=None)
     p.add_argument("--groups", default="bank,temperature,variant,teacher",
-                   help="comma-separated: bank, temperature, variant (includes static), static, teacher")
+                   help="comma-separated: default, bank, temperature, variant (includes static), static, teacher")
     p.add_argument("--seeds", default="0", help="comma-separated distillation seeds; each row reports the mean (and the range) over them")
     p.add_argument("--device", default="auto")
     p.add_argument("--markdown", default=None, help="also write the table here (default OUT/ablation.md)")
@@ -105,7 +107,7 @@ def main() -> None:
             tag = f"static-k{cfg.neighbours}-r{cfg.random_anchors}{'' if cfg.tail_correction else '-plain'}-t{cfg.t}-e{cfg.epochs}"
         if cfg.teacher_size != base.teacher_size:
             tag += f"-teacher{cfg.teacher_size}"
-        label = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        label = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "demo defaults"
         if tag in seen:  # the demo default appears in every group: train it once
             lines.append(f"| {group} | {label} | {seen[tag]}")
             print(lines[-1], flush=True)

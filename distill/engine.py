@@ -303,6 +303,12 @@ class Trainer:
         between the ranks under torchrun)."""
         from distill.neighbours import ensure_neighbours
 
+        emb = self.targets.embeddings
+        if emb.device != self.device:
+            raise ValueError(
+                f"--bank static-faiss gathers B x K teacher vectors per step and needs the cache on the GPU, but "
+                f"{self.targets.store.path} ({emb.numel() * emb.element_size() / 1e9:.1f} GB) does not fit in half of its free "
+                "memory; use --bank queue, or a GPU with more memory")
         table = ensure_neighbours(train_store_path(self.cfg.cache), self.cfg.neighbours, shard=(D.rank(), D.world_size()), barrier=D.barrier)
         rows = torch.from_numpy(table.rows).to(self.device)
         return StaticSupportObjective(self.targets.embeddings, rows, self.cfg.dim, self.cfg.random_anchors, self.cfg.t_teacher,

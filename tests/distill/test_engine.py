@@ -280,3 +280,16 @@ def test_images_per_second_leaves_out_checkpoint_and_probe_time(setup, tmp_path,
     run(tiny(cache, out, epochs=3, log_every=4, ckpt_every=5))
     rates = [r["img_per_s"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "img_per_s" in r]
     assert len(rates) == 18 // 4 and rates == pytest.approx([16.0] * len(rates))
+
+
+@pytest.mark.slow
+def test_compiled_student_trains_like_the_eager_one(setup, tmp_path) -> None:
+    """``--compile`` (torch.compile with inductor; ~1-2 min of compilation on 2 cores, hence slow)."""
+    _, data, cache = setup
+    eager, compiled = str(tmp_path / "eager"), str(tmp_path / "compiled")
+    run(tiny(cache, eager, epochs=2))
+    assert run(tiny(cache, compiled, epochs=2, compile=True))["finished"]
+    assert losses(compiled) == pytest.approx(losses(eager), rel=2e-2, abs=1e-3)  # kernel fusion reorders float sums
+    state = torch.load(os.path.join(compiled, "checkpoint.pt"), weights_only=True)
+    assert not any("_orig_mod" in k for k in state["student"])  # the unwrapped student is saved
+    export_student(compiled, str(tmp_path / "s.pth"))
