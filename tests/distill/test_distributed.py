@@ -182,3 +182,19 @@ def test_two_process_static_faiss_run_splits_the_neighbour_search(tmp_path, pyth
     # each row's 8 neighbours are its 8 most similar other rows (as sets: fp16 rows can tie)
     assert all(np.sort(sims[i, table[i]])[0] >= np.sort(sims[i])[-8] for i in range(96))
     assert [r["step"] for r in _metrics(out) if "loss" in r] == list(range(1, 7))
+
+
+def test_neighbours_command_under_torchrun_builds_the_single_process_table(tmp_path, python_env) -> None:
+    from distill.neighbours import compute_neighbours
+
+    data = make_images(str(tmp_path / "data"), per_class=10)
+    cache = make_cache(str(tmp_path / "cache"), data)
+    reference = make_cache(str(tmp_path / "reference"), data)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "-m", "distill.cli", "neighbours", "--cache", cache, "--k", "5", "--block-rows", "7"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=dict(python_env, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("40 rows x 5 neighbours") == 1  # rank 0 reports
+    single = compute_neighbours(os.path.join(reference, "train"), 5, block_rows=7)
+    np.testing.assert_array_equal(np.load(os.path.join(cache, "neighbours-k5", "neighbours.npy")), single.rows)
