@@ -77,19 +77,6 @@ def make_trainer(student_name: str, teacher_dim: int, student_dim: int, bank: in
     return tr
 
 
-def ema_and_key(tr: Trainer, x: torch.Tensor) -> torch.Tensor | None:
-    """The key-student part of a step (as ``Trainer.train_step``)."""
-    if tr.key_student is None:
-        return None
-    with torch.no_grad():
-        for pk, ps in zip(tr.key_student.parameters(), tr.student.parameters()):
-            pk.mul_(tr.cfg.momentum).add_(ps.detach(), alpha=1 - tr.cfg.momentum)
-        for bk, bs in zip(tr.key_student.buffers(), tr.student.buffers()):
-            bk.copy_(bs)
-        with tr._autocast():
-            return tr.key_student(x).float()
-
-
 def bare_step(tr: Trainer, images: torch.Tensor, rows: torch.Tensor, lr: float) -> torch.Tensor:
     """Student step without the CompRess loss, banks or gather."""
     for group in tr.optimizer.param_groups:
@@ -100,7 +87,7 @@ def bare_step(tr: Trainer, images: torch.Tensor, rows: torch.Tensor, lr: float) 
     tr.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     tr.optimizer.step()
-    ema_and_key(tr, x)
+    tr.momentum_key(x)
     return loss.detach()
 
 
@@ -144,7 +131,7 @@ class ReferenceStep:
         tr.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         tr.optimizer.step()
-        key = ema_and_key(tr, x)
+        key = tr.momentum_key(x)
         if key is None and self.bank_s is not None:
             key = out.detach().float()
         self.enqueue(teacher, key)

@@ -485,19 +485,25 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        key = None
-        if self.key_student is not None:
-            with torch.no_grad():
-                for pk, ps in zip(self.key_student.parameters(), self.student.parameters()):
-                    pk.mul_(self.cfg.momentum).add_(ps.detach(), alpha=1 - self.cfg.momentum)
-                for bk, bs in zip(self.key_student.buffers(), self.student.buffers()):
-                    bk.copy_(bs)
-                with self._autocast():
-                    key = self.key_student(x).float()  # BN in train mode, as the reference
-        elif self.objective.student_bank is not None:
+        key = self.momentum_key(x)
+        if key is None and self.objective.student_bank is not None:
             key = student_out.detach().float()
         self.objective.enqueue(D.all_gather_cat(teacher), None if key is None else D.all_gather_cat(key), D.all_gather_cat(rows))
         return loss.detach()
+
+    @torch.no_grad()
+    def momentum_key(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``2q-momentum``, after the optimizer step: move the key student towards the student
+        (EMA of the parameters, copy of the buffers) and return its float32 output ``(B, D_s)``
+        for the normalised input ``x``; ``None`` for the variants without a key student."""
+        if self.key_student is None:
+            return None
+        for pk, ps in zip(self.key_student.parameters(), self.student.parameters()):
+            pk.mul_(self.cfg.momentum).add_(ps.detach(), alpha=1 - self.cfg.momentum)
+        for bk, bs in zip(self.key_student.buffers(), self.student.buffers()):
+            bk.copy_(bs)
+        with self._autocast():
+            return self.key_student(x).float()  # BN in train mode, as the reference
 
     def train(self) -> dict[str, Any]:
         cfg = self.cfg
