@@ -304,7 +304,7 @@ class Trainer:
         from distill.neighbours import ensure_neighbours
 
         emb = self.targets.embeddings
-        if emb.device != self.device:
+        if emb.device.type != self.device.type:  # the cache stayed in host memory
             raise ValueError(
                 f"--bank static-faiss gathers B x K teacher vectors per step and needs the cache on the GPU, but "
                 f"{self.targets.store.path} ({emb.numel() * emb.element_size() / 1e9:.1f} GB) does not fit in half of its free "

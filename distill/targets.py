@@ -77,7 +77,7 @@ class TeacherTargets:
         else:
             picked = self.embeddings[rows, views.to(source, non_blocking=True)]
         target = self.device or source
-        if target != source:
+        if picked.device.type != target.type:  # (types: "cuda" and "cuda:0" are the same place here)
             picked = (picked.pin_memory() if target.type == "cuda" else picked).to(target, non_blocking=True)
         return picked.float()
 
