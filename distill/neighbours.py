@@ -34,7 +34,8 @@ import numpy as np
 from distill.checkpoint import write_atomic
 from distill.topk import search
 from storage import Store, open_store
-from storage.location import fsync_dir, resolve_location
+from storage.atomic import fsync_dir
+from storage.location import resolve_location
 
 log = logging.getLogger(__name__)
 FORMAT = "compress-neighbours/1"

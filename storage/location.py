@@ -15,6 +15,8 @@ import uuid
 from abc import ABC, abstractmethod
 from typing import Any
 
+from storage.atomic import fsync_dir, write_bytes_atomic
+
 MEMORY_SCHEME = "memory://"
 
 
@@ -76,14 +78,7 @@ class LocalLocation(Location):
             return f.read()
 
     def write_bytes_atomic(self, name: str, data: bytes) -> None:
-        final = self._p(name)
-        tmp = f"{final}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        fsync_dir(os.path.dirname(final))
+        write_bytes_atomic(self._p(name), data)
 
     def exists(self, name: str = "") -> bool:
         return os.path.exists(self._p(name))
@@ -219,17 +214,3 @@ def resolve_location(path: str | os.PathLike[str]) -> Location:
     if "://" in text:
         return FsspecLocation(text)
     return LocalLocation(text)
-
-
-def fsync_dir(path: str) -> None:
-    """Make a rename durable (best effort on filesystems that refuse directory fsync)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
