@@ -119,9 +119,9 @@ def main() -> None:
             return n
 
         def __getitem__(self, i):
-            from PIL import Image
+            from cache_builder.image_decode import decode_image
 
-            return tf(Image.open(images.absolute(i)).convert("RGB"))
+            return tf(decode_image(images.absolute(i)))
 
     ref_loader = torch.utils.data.DataLoader(_FloatDS(), batch_size=args.batch_size, num_workers=args.workers)
     model32 = model.float()

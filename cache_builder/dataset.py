@@ -1,4 +1,4 @@
-"""Reading images of an ``ImageList`` for the teacher: decoding with named errors, the uint8
+"""Reading images of an ``ImageList`` for the teacher: decoding (``cache_builder.image_decode``), the uint8
 preprocessing, seeded augmented views, a pre-scan for unreadable images (``--skip-bad``), and a
 batch sampler whose batches never cross a store shard (so a resumed build recomputes exactly
 the batches of an uninterrupted one)."""
@@ -10,24 +10,11 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from cache_builder.image_decode import BadImageError, decode_image
 from cache_builder.image_list import ImageList
 from cache_builder.transforms import RRCViews, Uint8Transform
 
-
-class BadImageError(RuntimeError):
-    """An image file that cannot be read or decoded."""
-
-
-def decode_image(path: str) -> object:
-    """Decode ``path`` fully into an RGB PIL image; ``BadImageError`` names the file otherwise."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-        raise BadImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+__all__ = ["BadImageError", "ImageDataset", "ShardBatchSampler", "collate_raw", "decode_image", "scan_bad_images"]
 
 
 class ImageDataset(Dataset):

@@ -1,11 +1,14 @@
 """Evaluation preprocessing of teachers, split in two halves so that the float work runs on
 the device:
 
-* ``Uint8Transform`` (CPU, DataLoader workers): RGB conversion (grey and RGBA become 3
-  channels), ``Resize(resize_size)`` + ``CenterCrop(input_size)``; PIL image or uint8 tensor
+* ``Uint8Transform`` (CPU, DataLoader workers): RGB conversion (``image_decode.rgb_image`` for
+  PIL images; grey tensors are replicated, RGBA tensors composited over white),
+  ``Resize(resize_size)`` + ``CenterCrop(input_size)``; PIL image or uint8 tensor
   ``(C, H, W)`` -> uint8 tensor ``(3, S, S)``.
 * ``normalize_batch`` (device): uint8 ``(B, 3, S, S)`` -> float ``[0, 1]``, then ``(x - mean) / std``
-  when the teacher has mean/std (SimCLR v1 has none).
+  when the model has mean/std (SimCLR v1 has none). The one normalisation of teachers and
+  students: its mean/std tensors are made once per device (``channel_constants``), never per
+  batch (which would be a blocking host-to-device copy, a host sync every step).
 
 ``EvalTransform`` chains both for one image (what ``TeacherSpec.eval_transform()`` returns).
 Random-resized-crop views (``--augment rrc``) are drawn with a per-image seeded generator, so
@@ -14,6 +17,7 @@ their crop parameters are reproducible and can be stored beside the embeddings.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -21,6 +25,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
+
+from cache_builder.image_decode import composite_alpha, rgb_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,7 +38,8 @@ CROP_COLUMNS = ("top", "left", "height", "width", "flip")
 
 
 def to_rgb(img: object) -> object:
-    """PIL image -> RGB PIL image; uint8 tensor ``(C, H, W)`` with C in {1, 3, 4} -> ``(3, H, W)``."""
+    """PIL image -> RGB PIL image (``image_decode.rgb_image``); uint8 tensor ``(C, H, W)`` with C in
+    {1, 3, 4} -> ``(3, H, W)`` (grey replicated, RGBA composited over white like PIL images)."""
     if isinstance(img, torch.Tensor):
         if img.dim() == 2:
             img = img.unsqueeze(0)
@@ -40,10 +47,10 @@ def to_rgb(img: object) -> object:
             raise ValueError(f"expected an image tensor (C, H, W) with C in 1/3/4, got shape {tuple(img.shape)}")
         if img.shape[0] == 1:
             return img.expand(3, -1, -1)
-        return img[:3]
-    if getattr(img, "mode", "RGB") != "RGB":
-        return img.convert("RGB")  # type: ignore[attr-defined]
-    return img
+        if img.shape[0] == 4:
+            return torch.from_numpy(composite_alpha(img.permute(1, 2, 0).numpy())).permute(2, 0, 1)
+        return img
+    return rgb_image(img)
 
 
 def _as_uint8_tensor(img: object) -> torch.Tensor:
@@ -71,13 +78,18 @@ class Uint8Transform:
         return _as_uint8_tensor(self._ops(to_rgb(img)))
 
 
+@functools.lru_cache(maxsize=32)
+def channel_constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, std)`` as float32 ``(3, 1, 1)`` tensors on ``device``, made once per (mean, std, device)."""
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1),
+            torch.tensor(std, dtype=torch.float32, device=device).view(3, 1, 1))
+
+
 def normalize_batch(x: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> torch.Tensor:
     """uint8 ``(B, 3, H, W)`` (or ``(3, H, W)``) -> float32 in [0, 1], then ``(x - mean) / std`` if given."""
     out = x.float().div_(255.0)
     if mean is not None and std is not None:
-        shape = (3, 1, 1)
-        m = torch.tensor(mean, dtype=out.dtype, device=out.device).view(shape)
-        s = torch.tensor(std, dtype=out.dtype, device=out.device).view(shape)
+        m, s = channel_constants(tuple(float(v) for v in mean), tuple(float(v) for v in std), out.device)
         out = out.sub_(m).div_(s)
     return out
 

@@ -16,27 +16,18 @@ Samples are ``(uint8 (3, S, S), row, view)``; normalisation happens on the train
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
+from cache_builder.image_decode import decode_image
 from cache_builder.image_list import ImageList
 from cache_builder.transforms import CROP_COLUMNS, sample_rrc
+from cache_builder.transforms import normalize_batch as normalise  # noqa: F401  (the engine's name for it)
 from distill.decode import EncodedView, image_size, read_bytes
-
-
-def open_rgb(path: str) -> Image.Image:
-    """Decode an image file as RGB; errors name the file."""
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, ValueError) as e:
-        raise OSError(f"{path}: cannot be decoded as an image ({e})") from None
 
 
 def sample_generator(seed: int, epoch: int, row: int) -> torch.Generator:
@@ -110,7 +101,7 @@ class AugmentedImages(Dataset):
         if self.encoded:  # --decode gpu: the same view box, from the header's size; decoded on the GPU
             view, box = self.view_box(epoch, row, image_size(path))
             return EncodedView(read_bytes(path), box, path), row, view
-        im = open_rgb(path)
+        im = decode_image(path)
         view, (top, left, h, w, flip) = self.view_box(epoch, row, (im.height, im.width))
         im = TF.resized_crop(im, top, left, h, w, [self.size, self.size], antialias=True)
         if flip:
@@ -134,7 +125,7 @@ class ReferenceImages(Dataset):
 
     def __getitem__(self, row: int) -> tuple[torch.Tensor, int]:
         path = self.images.absolute(row)
-        im = open_rgb(path)
+        im = decode_image(path)
         if self.crops is None:
             im = TF.center_crop(TF.resize(im, self.resize, antialias=True), [self.size, self.size])
         else:
@@ -143,16 +134,3 @@ class ReferenceImages(Dataset):
             if flip:
                 im = TF.hflip(im)
         return TF.pil_to_tensor(im), row
-
-
-@functools.lru_cache(maxsize=16)
-def _channel_constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mean, std)`` as ``(1, 3, 1, 1)`` tensors on ``device``, made once: building them per
-    batch would be a blocking host-to-device copy, i.e. a host sync every step."""
-    return torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1)
-
-
-def normalise(batch: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 ``(B, 3, H, W)`` -> float ``(B, 3, H, W)``, on the batch's device."""
-    m, s = _channel_constants(tuple(mean), tuple(std), batch.device)
-    return (batch.float().div_(255) - m) / s

@@ -13,8 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from cache_builder.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)
@@ -171,8 +170,10 @@ def build_eval_transform(recipe: dict[str, Any]) -> Callable[[Any], torch.Tensor
     """Callable: PIL image -> float tensor ``(3, crop, crop)`` (RGB, resized, center-cropped, normalised)."""
     from torchvision import transforms as T
 
+    from cache_builder.image_decode import rgb_image
+
     return T.Compose([
-        T.Lambda(lambda im: im.convert("RGB")),
+        T.Lambda(rgb_image),
         T.Resize(recipe["resize"], antialias=True),
         T.CenterCrop(recipe["crop"]),
         T.ToTensor(),

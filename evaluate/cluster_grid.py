@@ -21,6 +21,8 @@ def save_cluster_grid(
     """
     from PIL import Image
 
+    from cache_builder.image_decode import decode_image
+
     if not any(paths):
         raise ValueError("the train store holds no image paths; a cluster grid needs them")
     rng = np.random.default_rng(seed)
@@ -30,8 +32,7 @@ def save_cluster_grid(
     for r, c in enumerate(chosen):
         members = np.flatnonzero(clusters == c)
         for j, row in enumerate(rng.choice(members, size=min(per_cluster, len(members)), replace=False)):
-            with Image.open(os.path.join(data_root, paths[row])) as img:
-                grid.paste(img.convert("RGB").resize((thumb, thumb)), (j * thumb, r * thumb))
+            grid.paste(decode_image(os.path.join(data_root, paths[row])).resize((thumb, thumb)), (j * thumb, r * thumb))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     grid.save(path)
     return path

@@ -16,8 +16,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from cache_builder.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 HEAD_ATTRIBUTES = ("fc", "classifier", "heads", "head")
 
 

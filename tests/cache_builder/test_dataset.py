@@ -22,6 +22,33 @@ def test_normalize_batch_matches_formula() -> None:
     assert torch.equal(normalize_batch(x, None, None)[0, 0, 0], torch.tensor([0.0, 1.0]))
 
 
+def test_normalisation_constants_are_made_once_per_device(monkeypatch) -> None:
+    """The defect: stage 1 built its mean/std tensors on every batch (a blocking host-to-device
+    copy per batch on a GPU). Stage 1 and stage 2 share one normalisation whose constants are
+    made once per (mean, std, device)."""
+    import cache_builder.transforms as transforms
+    from distill.data import normalise
+
+    made = []
+    real_tensor = torch.tensor
+
+    def counting_tensor(*args, **kwargs):
+        made.append(kwargs.get("device"))
+        return real_tensor(*args, **kwargs)
+
+    if hasattr(transforms, "channel_constants"):
+        transforms.channel_constants.cache_clear()
+    monkeypatch.setattr(torch, "tensor", counting_tensor)
+    x = torch.zeros((2, 3, 4, 4), dtype=torch.uint8)
+    first = normalize_batch(x, (0.1, 0.2, 0.3), (0.5, 0.5, 0.5))
+    for _ in range(3):
+        normalize_batch(x, (0.1, 0.2, 0.3), (0.5, 0.5, 0.5))
+        normalise(x, (0.1, 0.2, 0.3), (0.5, 0.5, 0.5))  # stage 2's name for the same function
+    assert len(made) == 2  # mean and std, once
+    expected = (real_tensor(0.0) - real_tensor((0.1, 0.2, 0.3)).view(1, 3, 1, 1)) / 0.5
+    assert torch.allclose(first, expected.expand(2, 3, 4, 4))
+
+
 def test_rrc_boxes_are_inside_the_image_and_seeded() -> None:
     for i in range(50):
         top, left, h, w = sample_rrc(60, 90, view_generator(3, i))

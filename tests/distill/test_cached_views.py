@@ -13,7 +13,8 @@ import storage
 from cache_builder.build import BuildConfig, build_cache
 from cache_builder.image_list import discover_splits
 from cache_builder.transforms import RRCViews
-from distill.data import AugmentedImages, ReferenceImages, open_rgb
+from cache_builder.image_decode import decode_image
+from distill.data import AugmentedImages, ReferenceImages
 from distill.engine import run
 from distill.targets import CacheMismatchError, load_targets
 from tests.cache_builder.synthetic import randomize_
@@ -54,7 +55,7 @@ def test_student_input_is_the_cached_view_and_the_target_its_embedding(built) ->
             assert r == row and view in (0, 1)
             assert dataset[(epoch, row)][2] == view  # deterministic per (seed, epoch, row)
             chosen.add(view)
-            pixels, params = teacher_views(open_rgb(targets.images.absolute(row)), int(listing_index[row]))
+            pixels, params = teacher_views(decode_image(targets.images.absolute(row)), int(listing_index[row]))
             assert torch.equal(params[view], torch.from_numpy(targets.crops[row, view]))
             assert torch.equal(image, pixels[view])  # the very crop (and flip) the teacher saw
     assert chosen == {0, 1}
@@ -63,7 +64,7 @@ def test_student_input_is_the_cached_view_and_the_target_its_embedding(built) ->
     assert torch.equal(targets.gather(rows, views), torch.from_numpy(emb[[3, 40, 77], [1, 0, 1]]))
     assert torch.equal(targets.reference(rows), torch.from_numpy(emb[[3, 40, 77], 0]))
     ref, _ = ReferenceImages(targets.images, 16, crops=targets.crops)[40]
-    assert torch.equal(ref, teacher_views(open_rgb(targets.images.absolute(40)), int(listing_index[40]))[0][0])
+    assert torch.equal(ref, teacher_views(decode_image(targets.images.absolute(40)), int(listing_index[40]))[0][0])
     with pytest.raises(ValueError, match="needs the view of every row"):
         targets.gather(rows)
 
