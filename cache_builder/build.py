@@ -31,7 +31,7 @@ import storage
 from cache_builder import dist
 from cache_builder.checkpoints import sha256_file
 from cache_builder.dataset import ImageDataset, ShardBatchSampler, collate_raw, scan_bad_images
-from cache_builder.image_list import ImageList, discover_splits
+from cache_builder.image_list import IDENTITY_COLUMN, IDENTITY_COLUMN_SPEC, ImageList, discover_splits, file_identities
 from cache_builder.teachers import MissingWeightsError, TeacherSpec, default_weights_path, load_teacher_spec, resolve_spec
 from cache_builder.transforms import CROP_COLUMNS, RRCViews, normalize_batch
 
@@ -298,10 +298,15 @@ class GpuDecoder:
 # ---------------------------------------------------------------------------------------------
 
 
+def _store_columns(cfg: BuildConfig) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Per-row columns beside the embeddings: each file's (size, mtime_ns), the crops of a K-view cache."""
+    return {IDENTITY_COLUMN: IDENTITY_COLUMN_SPEC, **({CROPS_COLUMN: ((cfg.views, len(CROP_COLUMNS)), "float32")} if cfg.views else {})}
+
+
 def _open_or_create_store(path: str, cfg: BuildConfig, n: int, d: int, fingerprint: str, provenance: dict[str, Any]) -> storage.StoreWriter:
     """Resume the store at ``path`` if it was started with the same identity; otherwise refuse,
     or recreate it with ``--overwrite``."""
-    columns = {CROPS_COLUMN: ((cfg.views, len(CROP_COLUMNS)), "float32")} if cfg.views else None
+    columns = _store_columns(cfg)
     kwargs: dict[str, Any] = dict(backend=cfg.backend, shard_size=cfg.shard_size, views=cfg.views, columns=columns,
                                   fingerprint=fingerprint, provenance=provenance)
     try:
@@ -365,8 +370,9 @@ def _build_split(split: str, images: ImageList, cfg: BuildConfig, spec: TeacherS
     if rank != 0:
         writer = storage.create_store(path, len(kept), d, cfg.dtype, backend=cfg.backend, shard_size=cfg.shard_size,
                                       views=cfg.views, exist_ok=True, fingerprint=fingerprint,
-                                      columns={CROPS_COLUMN: ((cfg.views, len(CROP_COLUMNS)), "float32")} if cfg.views else None)
+                                      columns=_store_columns(cfg))
     pending = writer.pending_shards(rank, world)
+    identities = file_identities(kept_list)  # stat'ed before any image is read: a later change is caught by stage 2
     ranges = [writer.shard_rows(s) for s in pending]
     done = len(writer.manifest.shards) - len(writer.pending_shards(0, 1))
     if done:
@@ -419,7 +425,7 @@ def _build_split(split: str, images: ImageList, cfg: BuildConfig, spec: TeacherS
                 pos += buf.add(emb[pos:], None if crops_np is None else crops_np[pos:])
                 if buf.full:
                     s, e = buf.start, buf.stop
-                    cols = {CROPS_COLUMN: buf.crops} if buf.crops is not None else None
+                    cols = {IDENTITY_COLUMN: identities[s:e], **({CROPS_COLUMN: buf.crops} if buf.crops is not None else {})}
                     bg.submit(buf.shard_id, embeddings=buf.emb, index=np.asarray(kept[s:e], dtype=np.int64),
                               labels=labels[s:e], paths=list(kept_list.paths[s:e]), columns=cols)
                     written += e - s

@@ -2,7 +2,7 @@
 (``cache_builder.dataset``), stage 2 (``distill.data``), evaluation and the GPU decode paths.
 
 ``decode_image(path)`` opens a file with PIL and returns an RGB PIL image; ``rgb_image(img)``
-is the mode conversion it applies (see docs/architecture.md, "Images"). PIL's own
+is the mode conversion it applies (docs/cache.md, "Data"). PIL's own
 ``convert("RGB")`` is wrong for several modes (it clips 16-bit grey to near-white, treats
 float images as 0-255, drops alpha and keeps whatever colour a transparent pixel stores), so
 every mode is converted here:

@@ -8,19 +8,40 @@ images in the same order). Three inputs are understood:
 * a text file list: one ``relative/path[ label]`` per line (``#`` comments), relative to ``root``.
 
 Order is fixed: classes sorted by name, files sorted by relative POSIX path within the split.
+
+Symbolic links are followed, safely. A directory is walked at most once per split (a set of
+real paths): a directory symlink that leads back into the split folder (a loop such as
+``ln -s .. train/bag/loop``, or a second name for a folder that is listed at its real place)
+or to a folder already walked is skipped with a logged warning, so no image is listed twice or
+under another class. Symlinks that lead outside the folder (to a file or a folder) are
+followed and recorded in ``ImageList.outside_links``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from storage.errors import CompressError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# Per-row content identity of the image files, recorded by stage 1 as a store column and checked
+# by stage 2 (distill.targets): the file's size in bytes and its mtime in nanoseconds.
+IDENTITY_COLUMN = "file_identity"
+IDENTITY_COLUMN_SPEC = ((2,), "int64")  # storage.create_store(columns={IDENTITY_COLUMN: IDENTITY_COLUMN_SPEC})
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 SPLIT_NAMES = ("train", "val")
 
 
-class ImageListError(ValueError):
+log = logging.getLogger(__name__)
+
+
+class ImageListError(CompressError, ValueError):
     """A data root or file list that cannot be turned into an image listing."""
 
 
@@ -33,12 +54,17 @@ class ImageList:
         paths: relative POSIX paths, in dataset order (row ``i`` of a cache is image ``i``).
         labels: class index per image, -1 where unknown.
         classes: class names, index = label.
+        outside_links: relative paths of the symlinks (to files or folders) that lead outside
+            ``root``: followed, and recorded here.
+        skipped_links: relative paths of the directory symlinks skipped as loops or duplicates.
     """
 
     root: str
     paths: tuple[str, ...]
     labels: tuple[int, ...]
     classes: tuple[str, ...] = ()
+    outside_links: tuple[str, ...] = field(default=(), compare=False)
+    skipped_links: tuple[str, ...] = field(default=(), compare=False)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -58,14 +84,119 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
-def _walk_images(directory: str, base: str) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in filenames:
-            if _is_image(f):
-                found.append(os.path.relpath(os.path.join(dirpath, f), base).replace(os.sep, "/"))
-    return sorted(found)
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+class _Walker:
+    """Lists the images under the class folders of one scan root, following directory symlinks
+    safely (module docstring, "Symbolic links"): ``visited`` holds the real path of every
+    directory walked, so no directory is listed twice and no loop is followed."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.real_root = os.path.realpath(root)
+        self.visited: set[str] = set()
+        self.skipped: list[str] = []
+        self.outside: list[str] = []
+
+    def _rel(self, path: str) -> str:
+        return os.path.relpath(path, self.root).replace(os.sep, "/")
+
+    def _enter(self, path: str, is_link: bool) -> bool:
+        """Whether to walk directory ``path``; a skipped one is logged and recorded."""
+        real = os.path.realpath(path)
+        if real in self.visited or (is_link and _inside(real, self.real_root)):
+            loop = _inside(os.path.realpath(os.path.dirname(path)), real)
+            why = "a symlink loop" if loop else "a second name for a folder listed once already, under its real or first name"
+            log.warning("%s: skipping %s -> %s (%s): its images are listed once", self.root, self._rel(path), real, why)
+            self.skipped.append(self._rel(path))
+            return False
+        if is_link:
+            self.outside.append(self._rel(path))
+        self.visited.add(real)
+        return True
+
+    def walk(self, directory: str) -> list[str]:
+        """Relative POSIX paths of the images under ``directory`` (sorted)."""
+        found: list[str] = []
+        if not self._enter(directory, os.path.islink(directory)):
+            return found
+        stack = [directory]
+        while stack:
+            current = stack.pop()
+            try:
+                entries = sorted(os.scandir(current), key=lambda e: e.name)
+            except OSError as e:
+                raise ImageListError(f"{current}: cannot list the folder ({e.strerror or e})") from None
+            subdirs = []
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():  # follows symlinks
+                    if self._enter(entry.path, entry.is_symlink()):
+                        subdirs.append(entry.path)
+                elif _is_image(entry.name):  # a file, or a broken link (reported when decoded)
+                    if entry.is_symlink() and not _inside(os.path.realpath(entry.path), self.real_root):
+                        self.outside.append(self._rel(entry.path))
+                    found.append(self._rel(entry.path))
+            stack.extend(reversed(subdirs))
+        return sorted(found)
+
+
+def _stat_rows(images: "ImageList", rows: range) -> list[tuple[int, int]]:
+    out = []
+    for i in rows:
+        try:
+            st = os.stat(images.absolute(i))
+            out.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((-1, -1))
+    return out
+
+
+def file_identities(images: "ImageList", start: int = 0, stop: int | None = None) -> "np.ndarray":
+    """int64 ``(R, 2)``: ``(size in bytes, mtime in ns)`` of images ``start:stop`` (``(-1, -1)`` for a
+    file that cannot be stat'ed): the ``IDENTITY_COLUMN`` rows of a store. One ``stat`` per file
+    (a few seconds for a million images; threads overlap them on network file systems)."""
+    import numpy as np
+
+    stop = len(images) if stop is None else stop
+    chunk = 4096
+    ranges = [range(a, min(a + chunk, stop)) for a in range(start, stop, chunk)]
+    if len(ranges) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            parts = list(pool.map(lambda r: _stat_rows(images, r), ranges))
+    else:
+        parts = [_stat_rows(images, r) for r in ranges]
+    rows = [x for part in parts for x in part]
+    return np.array(rows, dtype=np.int64).reshape(len(rows), 2)
+
+
+def first_changed(images: "ImageList", recorded: "np.ndarray") -> "tuple[int, tuple[int, int], tuple[int, int]] | None":
+    """The first row whose file's current ``(size, mtime_ns)`` differs from ``recorded`` (``(N, 2)``
+    from ``file_identities`` at build time), as ``(row, recorded, current)``; None when all agree."""
+    import numpy as np
+
+    if recorded.shape != (len(images), 2):
+        raise ValueError(f"recorded identities have shape {recorded.shape}, expected ({len(images)}, 2)")
+    current = file_identities(images)
+    diff = np.flatnonzero((current != recorded).any(axis=1))
+    if not len(diff):
+        return None
+    row = int(diff[0])
+    return row, (int(recorded[row, 0]), int(recorded[row, 1])), (int(current[row, 0]), int(current[row, 1]))
+
+
+def content_fingerprint(images: "ImageList") -> str:
+    """``sha256:<hex>`` of the ordered (path, label, size, mtime_ns) rows: changes when any file
+    is replaced, touched, added, removed or relabelled."""
+    h = hashlib.sha256()
+    for p, y, (size, mtime) in zip(images.paths, images.labels, file_identities(images).tolist()):
+        h.update(f"{p}\t{y}\t{size}\t{mtime}\n".encode())
+    return "sha256:" + h.hexdigest()
 
 
 def class_folders(root: str) -> tuple[str, ...]:
@@ -80,18 +211,22 @@ def scan_image_folder(root: str) -> ImageList:
     if not os.path.isdir(root):
         raise ImageListError(f"{root}: not a directory")
     classes = class_folders(root)
+    walker = _Walker(root)
     paths: list[str] = []
     labels: list[int] = []
     for label, cls in enumerate(classes):
-        found = _walk_images(os.path.join(root, cls), root)
+        found = walker.walk(os.path.join(root, cls))
         paths += found
         labels += [label] * len(found)
     if not classes:
-        paths = _walk_images(root, root)
+        paths = walker.walk(root)
         labels = [-1] * len(paths)
     if not paths:
         raise ImageListError(f"{root}: no images found (extensions {', '.join(IMAGE_EXTENSIONS)})")
-    return ImageList(os.path.abspath(root), tuple(paths), tuple(labels), tuple(classes))
+    if walker.outside:
+        log.info("%s: %d symlinks point outside the folder (followed; listed in ImageList.outside_links)", root, len(walker.outside))
+    return ImageList(os.path.abspath(root), tuple(paths), tuple(labels), tuple(classes),
+                     outside_links=tuple(walker.outside), skipped_links=tuple(walker.skipped))
 
 
 def read_file_list(list_file: str, root: str | None = None) -> ImageList:

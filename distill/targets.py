@@ -1,7 +1,10 @@
 """Cached teacher embeddings for training: loaded once, gathered by dataset row per batch.
 
 The cache's row order must be the dataset's order; ``load_targets`` checks the relative
-paths recorded in the store against the listing of ``--data`` and refuses any mismatch. A
+paths recorded in the store against the listing of ``--data`` and refuses any mismatch, then
+each file's size and mtime against those recorded at build time (column ``file_identity``,
+``cache_builder.image_list.file_identities``), so a file rewritten since is refused too
+(``--trust-data`` skips this for mounts whose mtimes change). A
 cache built with ``compress-cache build --skip-bad`` has no rows for the unreadable images it
 recorded in its provenance (``skipped_images``); the training listing is then the data
 listing minus exactly those images, still checked row by row.
@@ -19,17 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from cache_builder.image_list import ImageList, discover_splits
+from cache_builder.image_list import IDENTITY_COLUMN, ImageList, discover_splits, first_changed
 from distill.data import check_crops
 from storage import Store, open_store
 from storage.cache_layout import split_store_paths
+from storage.errors import CompressError
 
 log = logging.getLogger(__name__)
 CROPS_COLUMN = "crops"  # written by cache_builder.build for multi-view caches
 
 
-class CacheMismatchError(ValueError):
-    """The cache does not describe the images of ``--data`` in the same order."""
+class CacheMismatchError(CompressError, ValueError):
+    """The cache does not describe the images of ``--data`` (same files, same order, same contents)."""
 
 
 @dataclass
@@ -135,12 +139,35 @@ def training_listing(store: Store, listing: ImageList, data: str) -> tuple[Image
     return images, skipped
 
 
-def load_targets(cache: str, data: str, device: torch.device, shared: bool = False) -> TeacherTargets:
+def check_contents(store: Store, images: ImageList) -> None:
+    """Refuse a dataset whose files changed since the cache was built: every row's current
+    ``(size, mtime_ns)`` must equal the store's ``file_identity`` column.
+
+    Raises:
+        CacheMismatchError: the store records no identities, or names the first changed row
+            (its path, recorded and current size and mtime).
+    """
+    hint = "pass --trust-data to skip this check (e.g. for a copy or mount that does not keep mtimes)"
+    if IDENTITY_COLUMN not in store.manifest.columns:
+        raise CacheMismatchError(f"cache {store.path} records no file sizes and mtimes (column {IDENTITY_COLUMN!r}), so the "
+                                 f"images cannot be checked against it: rebuild it with compress-cache build, or {hint}")
+    changed = first_changed(images, store.load_column(IDENTITY_COLUMN))
+    if changed is not None:
+        row, (size0, mtime0), (size1, mtime1) = changed
+        now = "missing" if size1 < 0 else f"size {size1} B, mtime_ns {mtime1}"
+        raise CacheMismatchError(
+            f"{images.absolute(row)} (row {row}) changed since cache {store.path} was built: recorded size {size0} B, "
+            f"mtime_ns {mtime0}; now {now}. Rebuild the cache for the current images, or {hint}")
+
+
+def load_targets(cache: str, data: str, device: torch.device, shared: bool = False, trust_data: bool = False) -> TeacherTargets:
     """Open the train store of ``cache``, check it matches ``data``, load all rows once.
 
     Args:
         shared: memory-map one node-wide copy (for several DDP ranks on one node) instead of
             a private copy per process.
+        trust_data: skip the check of file sizes and mtimes (``check_contents``); the paths
+            are still compared.
     """
     store = open_store(train_store_path(cache))
     store.require_complete("distillation")
@@ -151,6 +178,10 @@ def load_targets(cache: str, data: str, device: torch.device, shared: bool = Fal
                              "cannot be given the crops the teacher saw. Rebuild it with compress-cache build --views.")
         crops = check_crops(store.load_column(CROPS_COLUMN), store.n, store.views, store.path)
     images, skipped = training_listing(store, discover_splits(data)["train"], data)
+    if trust_data:
+        log.info("%s: --trust-data: the images' sizes and mtimes are not compared with the cache's", store.path)
+    else:
+        check_contents(store, images)
     if shared:
         embeddings = store.load_shared(kind="torch")
     else:

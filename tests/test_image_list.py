@@ -70,3 +70,57 @@ def test_evaluation_listing_has_the_cache_order_and_images(tmp_path) -> None:
         assert listing.paths == tuple(f"{split}/{p}" for p in stage1.paths)
         assert listing.labels == stage1.labels and listing.classes == stage1.classes == ("a", "a-b")
     assert list_split(str(tmp_path), "train").paths[:2] == ("train/a/x.png", "train/a/y.gif")
+
+
+def test_a_symlink_loop_is_skipped_not_multiplied(tmp_path, caplog) -> None:
+    """The defect: ``ln -s .. train/bag/loop`` turned 24 images into 984 rows, most relabelled."""
+    from tests.images import write_image_folder
+
+    written = write_image_folder(str(tmp_path), ("bag", "cat", "dog"), 8, splits=("train",), size=4)
+    os.symlink("..", tmp_path / "train" / "bag" / "loop")  # -> train/: a loop through every class
+    os.symlink("../dog", tmp_path / "train" / "cat" / "alias")  # a second name for a class folder
+    with caplog.at_level("WARNING", logger="cache_builder.image_list"):
+        listing = discover_splits(str(tmp_path))["train"]
+    assert len(listing) == 24 and listing.paths == tuple(p.removeprefix("train/") for p in written)
+    assert listing.labels == tuple(c for c in range(3) for _ in range(8))
+    assert listing.skipped_links == ("bag/loop", "cat/alias")
+    assert "bag/loop" in caplog.text and "symlink loop" in caplog.text and "cat/alias" in caplog.text
+
+
+def test_symlinks_outside_the_root_are_followed_and_recorded(tmp_path) -> None:
+    from tests.images import write_image_folder
+
+    outside = tmp_path / "elsewhere"
+    write_image_folder(str(outside), ("x",), 2, size=4)
+    os.symlink(outside / "x" / "000.png", tmp_path / "extra.png")
+    root = tmp_path / "data"
+    write_image_folder(str(root), ("a", "b"), 1, size=4)
+    os.symlink(tmp_path / "extra.png", root / "a" / "linked.png")  # a file outside the root, via two links
+    os.symlink(outside / "x", root / "b" / "more")  # a folder outside the root
+    os.symlink(outside / "x", root / "b" / "same")  # ... and a second name for it: listed once
+    os.symlink(root / "b" / "more", outside / "x" / "back")  # a loop outside the root
+    listing = scan_image_folder(str(root))
+    assert listing.paths == ("a/000.png", "a/linked.png", "b/000.png", "b/more/000.png", "b/more/001.png")
+    assert listing.labels == (0, 0, 1, 1, 1)
+    assert listing.outside_links == ("a/linked.png", "b/more")
+    assert sorted(listing.skipped_links) == ["b/more/back", "b/same"]
+
+
+def test_file_identities_follow_content_changes(tmp_path) -> None:
+    from cache_builder.image_list import content_fingerprint, file_identities, first_changed
+    from tests.images import write_image_folder
+
+    write_image_folder(str(tmp_path), ("a", "b"), 2, size=4)
+    listing = scan_image_folder(str(tmp_path))
+    ids = file_identities(listing)
+    assert ids.shape == (4, 2) and ids.dtype.name == "int64"
+    assert ids[2, 0] == os.path.getsize(listing.absolute(2)) and ids[2, 1] == os.stat(listing.absolute(2)).st_mtime_ns
+    before = content_fingerprint(listing)
+    assert first_changed(listing, ids) is None
+    st = os.stat(listing.absolute(2))
+    os.utime(listing.absolute(2), ns=(st.st_atime_ns, st.st_mtime_ns + 1000))
+    row, recorded, current = first_changed(listing, ids)
+    assert row == 2 and recorded == tuple(ids[2]) and current == (ids[2, 0], ids[2, 1] + 1000)
+    assert content_fingerprint(listing) != before
+    os.remove(listing.absolute(3))
+    assert first_changed(listing, ids)[0] == 2 and tuple(file_identities(listing)[3]) == (-1, -1)

@@ -1,11 +1,9 @@
-"""Synthetic teacher checkpoints built per shared/reference/checkpoint-formats.md, and tiny images."""
+"""Synthetic teacher checkpoints built per shared/reference/checkpoint-formats.md (images: ``tests.images``)."""
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 
-import numpy as np
 import torch
 import torchvision
 
@@ -141,23 +139,3 @@ def barlow_full(sd):
 def save(obj, path, legacy=False):
     torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
     return path
-
-
-# ---- images ---------------------------------------------------------------------------------
-
-def write_image_folder(root: str, classes: int = 2, per_class: int = 3, size: int = 40, seed: int = 0, ext: str = "png") -> list[str]:
-    """``root/class_c/img_i.ext`` random RGB images; returns relative paths in listing order."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    rel = []
-    for c in range(classes):
-        os.makedirs(os.path.join(root, f"class_{c}"), exist_ok=True)
-        for i in range(per_class):
-            h, w = size + int(rng.integers(0, 9)), size + int(rng.integers(0, 9))
-            arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            arr[..., c % 3] = np.clip(arr[..., c % 3].astype(int) + 60 * c, 0, 255).astype(np.uint8)
-            name = f"class_{c}/img_{i:03d}.{ext}"
-            Image.fromarray(arr).save(os.path.join(root, name))
-            rel.append(name)
-    return rel

@@ -21,7 +21,9 @@ from cache_builder.image_list import discover_splits
 from cache_builder.teachers import load_teacher
 from tests.cache_builder import synthetic as syn
 from tests.conftest import REPO_ROOT
+from tests.images import write_image_folder
 
+NOISE = dict(style="noise", size=40, jitter=8, name="img_{i:03d}")  # random RGB of 40-48 px, class_c/img_NNN
 COMMON = dict(teacher="custom", arch="resnet18", input_size=32, resize_size=36, batch_size=3, shard_size=4,
               workers=0, progress=False)
 
@@ -30,8 +32,8 @@ COMMON = dict(teacher="custom", arch="resnet18", input_size=32, resize_size=36, 
 def assets(tmp_path_factory):
     base = tmp_path_factory.mktemp("assets")
     data = base / "data"
-    syn.write_image_folder(str(data / "train"), classes=2, per_class=7, seed=1)
-    syn.write_image_folder(str(data / "val"), classes=2, per_class=3, seed=2)
+    write_image_folder(str(data / "train"), 2, 7, seed=1, **NOISE)
+    write_image_folder(str(data / "val"), 2, 3, seed=2, **NOISE)
     weights = str(base / "r18.pth")
     torch.save(syn.randomize_(torchvision.models.resnet18(), seed=5).state_dict(), weights)
     other = str(base / "r18b.pth")
@@ -134,7 +136,7 @@ def test_other_weights_into_existing_cache_are_refused_unless_overwrite(assets, 
 @pytest.fixture
 def data_with_bad_images(tmp_path):
     root = tmp_path / "bad"
-    syn.write_image_folder(str(root), classes=2, per_class=3, seed=3)
+    write_image_folder(str(root), 2, 3, seed=3, **NOISE)
     good = (root / "class_0" / "img_000.png").read_bytes()
     (root / "class_0" / "img_001.png").write_bytes(good[: len(good) // 2])  # truncated
     (root / "class_1" / "zz_garbage.jpg").write_bytes(b"not an image at all")
@@ -268,7 +270,7 @@ def test_decode_gpu_matches_cpu_decoding(tmp_path) -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     data = tmp_path / "jpg"
-    syn.write_image_folder(str(data), classes=2, per_class=4, size=64, ext="jpg")
+    write_image_folder(str(data), 2, 4, **dict(NOISE, size=64), ext="jpg")
     weights = str(tmp_path / "w.pth")
     torch.save(syn.randomize_(torchvision.models.resnet18(), seed=5).state_dict(), weights)
     kw = dict(COMMON, weights=weights, data=str(data), device="cuda", dtype="float32", amp=False)

@@ -125,9 +125,9 @@ def test_rgb_is_unchanged_and_bad_files_are_named(tmp_path) -> None:
 def test_every_decoding_path_gives_the_same_pixels_for_a_16_bit_png(tmp_path) -> None:
     """Stage 1 (CPU and the batch decoder of --decode gpu), stage 2 and eval share the decode."""
     from cache_builder.dataset import decode_image as stage1_decode
+    from cache_builder.image_list import scan_image_folder
     from cache_builder.transforms import Uint8Transform
     from distill.data import ReferenceImages
-    from cache_builder.image_list import scan_image_folder
 
     values = RNG.integers(0, 65536, (16, 16), dtype=np.uint16)
     (tmp_path / "c").mkdir()

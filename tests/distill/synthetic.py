@@ -9,24 +9,19 @@ import os
 import numpy as np
 from PIL import Image
 
-from cache_builder.image_list import discover_splits
+from cache_builder.image_decode import decode_image
+from cache_builder.image_list import IDENTITY_COLUMN, IDENTITY_COLUMN_SPEC, discover_splits, file_identities
 from distill.engine import DistillConfig
 from storage import create_store
+from tests.images import write_image_folder
 
 CLASSES = ("a", "b", "c", "d")
 
 
 def make_images(root: str, per_class: int = 24, size: int = 16, seed: int = 0) -> str:
-    """``root/train/<class>/NNN.png``: each image a smooth random 4x4 colour layout, upsampled,
-    tinted by its class (content a student can learn, unlike pixel noise)."""
-    rng = np.random.default_rng(seed)
-    for c, name in enumerate(CLASSES):
-        os.makedirs(os.path.join(root, "train", name), exist_ok=True)
-        for i in range(per_class):
-            layout = rng.uniform(0, 255, (4, 4, 3)).astype(np.float32)
-            layout[..., c % 3] = 0.5 * layout[..., c % 3] + 120
-            img = Image.fromarray(layout.astype(np.uint8)).resize((size, size), Image.BILINEAR)
-            img.save(os.path.join(root, "train", name, f"{i:03d}.png"))
+    """``root/train/<class>/NNN.png`` (classes ``CLASSES``): smooth random colour layouts tinted by
+    class (``tests.images``, style "layout": content a student can learn, unlike pixel noise)."""
+    write_image_folder(root, CLASSES, per_class, splits=("train",), size=size, seed=seed)
     return root
 
 
@@ -34,16 +29,19 @@ def make_cache(cache: str, data: str, dim: int = 32, seed: int = 0, teacher: str
     """A teacher cache whose rows are a fixed random projection of each image's pixels
     (so image content determines the teacher's similarity structure)."""
     images = discover_splits(data)["train"]
-    pixels = np.stack([np.asarray(Image.open(images.absolute(i)).convert("RGB").resize((4, 4), Image.BILINEAR), np.float32).ravel() for i in range(len(images))])
+    pixels = np.stack([np.asarray(decode_image(images.absolute(i)).resize((4, 4), Image.BILINEAR), np.float32).ravel()
+                       for i in range(len(images))])
     pixels -= pixels.mean(0)
     proj = np.random.default_rng(seed).standard_normal((pixels.shape[1], dim)).astype(np.float32)
     emb = pixels @ proj
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    identities = file_identities(images)  # what compress-cache build records, so stage 2's content check passes
     writer = create_store(os.path.join(cache, "train"), len(images), dim, "float16", backend="hdf5", shard_size=40,
-                          provenance={"teacher": teacher, "data_root": images.root})
+                          provenance={"teacher": teacher, "data_root": images.root}, columns={IDENTITY_COLUMN: IDENTITY_COLUMN_SPEC})
     for s in writer.pending_shards():
         a, b = writer.shard_rows(s)
-        writer.write_shard(s, emb[a:b].astype(np.float16), labels=np.array(images.labels[a:b]), paths=list(images.paths[a:b]))
+        writer.write_shard(s, emb[a:b].astype(np.float16), labels=np.array(images.labels[a:b]), paths=list(images.paths[a:b]),
+                           columns={IDENTITY_COLUMN: identities[a:b]})
     writer.finalize()
     return cache
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from cache_builder.image_list import discover_splits
 from distill.data import AugmentedImages
@@ -17,17 +14,12 @@ from distill.decode import GpuViewDecoder, collate_encoded
 from distill.engine import fingerprint, run
 from distill.targets import load_targets
 from tests.distill.synthetic import losses, make_cache, tiny
+from tests.images import write_image_folder
 
 
 def make_jpegs(root: str, n: int = 24, seed: int = 0) -> str:
-    """``root/train/<c>/NNN.jpg`` of varied sizes (so crops differ from image to image)."""
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        d = os.path.join(root, "train", "ab"[i % 2])
-        os.makedirs(d, exist_ok=True)
-        h, w = int(rng.integers(20, 40)), int(rng.integers(20, 40))
-        layout = rng.uniform(0, 255, (4, 4, 3)).astype(np.uint8)
-        Image.fromarray(layout).resize((w, h), Image.BILINEAR).save(os.path.join(d, f"{i:03d}.jpg"), quality=95)
+    """``root/train/{a,b}/NNN.jpg`` of varied sizes, 20-40 px (so crops differ from image to image)."""
+    write_image_folder(root, ("a", "b"), n // 2, splits=("train",), size=20, jitter=20, seed=seed, ext="jpg")
     return root
 
 

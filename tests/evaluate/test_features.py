@@ -14,19 +14,12 @@ from evaluate.feature_set import load_feature_set
 from evaluate.image_folder import list_split
 from evaluate.models import resolve_model
 from storage import StoreMismatchError
+from tests.images import write_image_folder
 
 
 def make_image_folder(root: str, per_class: dict[str, int] | None = None) -> str:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    per_class = per_class or {"train": 3, "val": 2}
-    for split, n in per_class.items():
-        for c, cls in enumerate(["cat", "dog"]):
-            os.makedirs(os.path.join(root, split, cls), exist_ok=True)
-            for i in range(n):
-                pixels = (rng.integers(0, 60, (20, 24, 3)) + 150 * c).astype(np.uint8)
-                Image.fromarray(pixels).save(os.path.join(root, split, cls, f"{i}.png"))
+    """``root/<split>/{cat,dog}/<i>.png`` (``tests.images``), by default 3 train and 2 val images per class."""
+    write_image_folder(root, ("cat", "dog"), per_class or {"train": 3, "val": 2}, size=20, name="{i}")
     return root
 
 
