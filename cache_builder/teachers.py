@@ -25,6 +25,7 @@ from torch import nn
 
 from cache_builder import architectures
 from cache_builder.checkpoints import LAYOUTS, Layout, LoadReport, custom_layout, load_strict, read_checkpoint
+from cache_builder.home import compress_home
 from cache_builder.transforms import IMAGENET_MEAN, IMAGENET_STD, SWAV_STD, EvalTransform, Uint8Transform
 
 log = logging.getLogger(__name__)
@@ -243,8 +244,7 @@ def resolve_spec(name: str, arch: str | None = None, prefix: str = "", embed_lay
 
 def default_weights_dir() -> str:
     """``$COMPRESS_HOME/weights`` (``$COMPRESS_HOME`` defaults to ``~/.cache/compress``)."""
-    home = os.environ.get("COMPRESS_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "compress")
-    return os.path.join(home, "weights")
+    return os.path.join(compress_home(), "weights")
 
 
 def default_weights_path(name: str) -> str:

@@ -60,3 +60,23 @@ def test_missing_teacher_weights_message_says_how_to_install(tmp_path) -> None:
     bad.write_bytes(b"not the weights")
     with pytest.raises(ValueError, match="is not torchvision's MobileNetV2"):
         find_teacher_weights(str(bad))
+
+
+def test_the_demo_finds_weights_where_compress_cache_looks(tmp_path, monkeypatch) -> None:
+    """The defect: COMPRESS_HOME defaulted to ~/.cache/compress for compress-cache but to
+    ~/.compress in the demo, so weights placed where compress-cache says were not found."""
+    from cache_builder.teachers import default_weights_path
+    from demo.teacher_weights import TEACHER, candidate_paths
+
+    monkeypatch.delenv("COMPRESS_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    where = default_weights_path(TEACHER)
+    assert where == str(tmp_path / ".cache" / "compress" / "weights" / "supervised_mobilenet_v2.pth")
+    assert candidate_paths()[0] == where
+    monkeypatch.setenv("COMPRESS_HOME", str(tmp_path / "home"))
+    assert candidate_paths()[0] == default_weights_path(TEACHER) == str(tmp_path / "home" / "weights" / f"{TEACHER}.pth")
+    os.makedirs(os.path.dirname(default_weights_path(TEACHER)))
+    with open(default_weights_path(TEACHER), "wb") as f:
+        f.write(b"x")  # found (then refused for its hash): the lookup reached the compress-cache path
+    with pytest.raises(ValueError, match=f"{TEACHER}.pth: sha256"):
+        find_teacher_weights()
