@@ -120,7 +120,8 @@ class _Walker:
     def walk(self, directory: str) -> list[str]:
         """Relative POSIX paths of the images under ``directory`` (sorted)."""
         found: list[str] = []
-        if not self._enter(directory, os.path.islink(directory)):
+        top_is_link = os.path.abspath(directory) != self.root and os.path.islink(directory)  # the root itself may be a link
+        if not self._enter(directory, top_is_link):
             return found
         stack = [directory]
         while stack:

@@ -85,6 +85,9 @@ def test_a_symlink_loop_is_skipped_not_multiplied(tmp_path, caplog) -> None:
     assert listing.labels == tuple(c for c in range(3) for _ in range(8))
     assert listing.skipped_links == ("bag/loop", "cat/alias")
     assert "bag/loop" in caplog.text and "symlink loop" in caplog.text and "cat/alias" in caplog.text
+    # a data root that is itself a symlink (with images directly in it) is listed as usual
+    os.symlink(tmp_path / "train" / "dog", tmp_path / "linked")
+    assert scan_image_folder(str(tmp_path / "linked")).paths == tuple(p.removeprefix("train/dog/") for p in written[16:])
 
 
 def test_symlinks_outside_the_root_are_followed_and_recorded(tmp_path) -> None:
