@@ -140,7 +140,7 @@ def main() -> None:
                f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     print(f"\nteacher {args.teacher} ({spec.arch}), {n} JPEGs ~400x460 px -> {spec.input_size} px, batch {args.batch_size}, "
           f"{args.workers} workers; {machine}")
-    print(f"| path | img/s | vs bare forward | vs min(loader, forward) |")
+    print("| path | img/s | vs bare forward | vs min(loader, forward) |")
     print("|---|---:|---:|---:|")
     for name, ips in rows:
         print(f"| {name} | {ips:.1f} | {ips / bare_fwd:.2f} | {ips / bound:.2f} |")

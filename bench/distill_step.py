@@ -14,7 +14,7 @@ overhead = (step - bare) / step, from the medians over repeats of the per-step t
 methods alternate block by block so that load from other processes hits all of them alike.
 A fourth timing, ``objective``, runs only gather + loss forward/backward + enqueue (the
 student output cached), a direct measurement of what the subtraction estimates. Target
-(DESIGN.md section 5): loss + banks + gather <= 10 % of the step on CPU, <= 5 % on GPU.
+(docs/architecture.md, "Performance targets"): loss + banks + gather <= 10 % of the step on CPU, <= 5 % on GPU.
 On a GPU the model runs under bf16 autocast with channels_last and bf16 banks, as the engine.
 
 Usage: ``python bench/distill_step.py`` (CPU defaults: 80 px, batch 64, bank 16384, for the same

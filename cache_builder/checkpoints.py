@@ -2,7 +2,7 @@
 layout, remap keys, drop heads, and load **strictly** with a report of every missing,
 unexpected or mis-shaped key grouped by prefix.
 
-Layouts are named key grammars of public releases (see shared/reference/checkpoint-formats.md):
+Layouts are named key grammars of public releases (docs/cache.md, "Teachers", lists them):
 each says which key identifies it (``marker``), which prefix to strip, which parts of the file
 belong to something other than the teacher (``ignore``: momentum encoder, queue, projector),
 and an optional rename (TF-style SimCLR names). Heads are dropped by the teacher spec.

@@ -280,7 +280,7 @@ def write_report(cfg: DemoConfig, rows: list[dict[str, Any]], summary: dict[str,
         f"Data: {summary['source']}, {summary['train']} train / {summary['val']} val images. Teacher: torchvision MobileNetV2 "
         f"(ImageNet-supervised) at {cfg.teacher_size} px; student: `{cfg.student}` at {cfg.student_size} px, distilled with "
         f"CompRess `{cfg.variant}` (bank {summary['bank_size']}, tau {cfg.t}, {cfg.epochs} epochs, no labels). Accuracies in % on val; "
-        "kNN and cluster alignment as in DESIGN.md section 4 (cluster: 10 clusters, Hungarian on train); linear = fast probe on "
+        "kNN and cluster alignment as in docs/evaluate.md (cluster: 10 clusters, Hungarian on train); linear = fast probe on "
         "frozen features. img/s: forward throughput on this machine, batch 256.",
         "",
         table,

@@ -35,7 +35,7 @@ def main() -> None:
 @click.option("--student", default="resnet18", show_default=True, help="Student: resnet18, resnet34, resnet50, mobilenet_v2, alexnet, tiny_cnn or any torchvision model.")
 @click.option("--dim", default=128, show_default=True, help="Student head dimension (8192 for a ResNet-50 student of an R50x4 teacher).")
 @click.option("--variant", type=click.Choice(["2q", "2q-momentum", "1q"]), default=None,
-              help="Bank variant (DESIGN.md section 2) [default: 2q-momentum with --bank queue, 1q with --bank static-faiss].")
+              help="Bank variant (docs/distill.md, Method) [default: 2q-momentum with --bank queue, 1q with --bank static-faiss].")
 @click.option("--bank", type=click.Choice(["queue", "static-faiss"]), default="queue", show_default=True,
               help="queue: FIFO memory bank(s) of recent batches (the paper). static-faiss: each image's top-K teacher neighbours "
                    "over the whole cached train split + R random anchors (1q-style).")

@@ -1,6 +1,6 @@
 """The CompRess objective as a module: banks (persistent buffers) + the pure loss.
 
-Variants (DESIGN.md section 2):
+Variants (docs/distill.md, "Method"):
 
 * ``2q``: a teacher bank of teacher embeddings and a student bank of student embeddings of
   the *same* images, so anchor ``j`` describes one image in both spaces.

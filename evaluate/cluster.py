@@ -1,4 +1,4 @@
-"""Cluster alignment (DESIGN.md section 4): k-means on all train features, clusters matched to
+"""Cluster alignment (docs/evaluate.md, "Protocols"): k-means on all train features, clusters matched to
 classes by the Hungarian algorithm on train, accuracy of the matched assignment on val.
 
 Defaults follow CompRess: 1000 clusters, 20 iterations, **all** points (FAISS otherwise

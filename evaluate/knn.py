@@ -1,4 +1,4 @@
-"""k-nearest-neighbour classification of val features by train features (DESIGN.md section 4).
+"""k-nearest-neighbour classification of val features by train features (docs/evaluate.md, "Protocols").
 
 Protocols (they are not interchangeable; every result records its protocol):
 

@@ -1,4 +1,4 @@
-"""Linear probe (DESIGN.md section 4).
+"""Linear probe (docs/evaluate.md, "Protocols").
 
 ``compress`` protocol: frozen backbone -> L2 -> BatchNorm with statistics of the whole train
 set -> linear; 40 epochs, SGD lr 0.01, momentum 0.9, wd 1e-4, lr x0.1 at epochs 15 and 30

@@ -1,7 +1,7 @@
 """Sharded stores of embeddings (teacher caches and extracted features).
 
 One store holds one split: ``N`` rows of ``D`` (or ``V x D``) float16/float32 values, and per
-row the dataset index, label and relative source path. See ``DESIGN.md`` section 3.
+row the dataset index, label and relative source path. See docs/architecture.md, "The store".
 
 Typical use::
 

@@ -22,8 +22,8 @@ class ShardBackend(ABC):
     name: str
     suffix: str
 
-    def check_location(self, location: Location) -> None:
-        """Raise ``ValueError`` if this backend cannot live at ``location``."""
+    def check_location(self, location: Location) -> None:  # noqa: B027 - an optional hook: most backends accept any location
+        """Raise ``ValueError`` if this backend cannot live at ``location`` (default: every location is fine)."""
 
     @abstractmethod
     def write(self, location: Location, name: str, block: ShardBlock, manifest: Manifest) -> None:

@@ -6,6 +6,8 @@ buffer, close to raw disk speed. HDF5 needs a local path: use zarr for remote UR
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from storage.backends.base import ShardBackend
@@ -41,7 +43,7 @@ class HDF5Backend(ShardBackend):
                 f.create_dataset(f"columns/{col}", data=arr)
             f.flush()
 
-    def _open(self, location: Location, name: str):  # type: ignore[no-untyped-def]
+    def _open(self, location: Location, name: str) -> Any:
         import h5py
 
         path = self._path(location, name)

@@ -10,7 +10,7 @@ fsspec URL works as a location, as it does for zarr itself.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -39,7 +39,7 @@ class ZarrBackend(ShardBackend):
     name = "zarr"
     suffix = ".zarr"
 
-    def _group(self, location: Location, name: str, mode: str):  # type: ignore[no-untyped-def]
+    def _group(self, location: Location, name: str, mode: Literal["r", "w"]) -> Any:
         import zarr
 
         try:
@@ -77,7 +77,7 @@ class ZarrBackend(ShardBackend):
             if data.size:
                 arr[...] = data
 
-    def _array(self, location: Location, name: str, key: str):  # type: ignore[no-untyped-def]
+    def _array(self, location: Location, name: str, key: str) -> Any:
         group = self._group(location, name, "r")
         try:
             return group[key]
@@ -116,7 +116,7 @@ def _is_raw_row_chunked(arr: Any) -> bool:
     from zarr.codecs import BytesCodec
 
     meta = arr.metadata
-    codecs = getattr(meta, "codecs", ())
+    codecs: tuple[Any, ...] = tuple(getattr(meta, "codecs", ()))
     if len(codecs) != 1 or not isinstance(codecs[0], BytesCodec):
         return False
     little = codecs[0].endian is None or codecs[0].endian.value == "little"
@@ -134,7 +134,7 @@ def _read_raw_chunks(arr: Any, array_dir: str, out: np.ndarray) -> None:
     for i, start in enumerate(range(0, out.shape[0], rows_per_chunk)):
         stop = min(start + rows_per_chunk, out.shape[0])
         key = encode((i,) + (0,) * (out.ndim - 1))
-        target = memoryview(view[start:stop]).cast("B")
+        target = view[start:stop].data.cast("B")
         with open(os.path.join(array_dir, *key.split("/")), "rb") as f:
             got = f.readinto(target)
         if got != (stop - start) * row_bytes:

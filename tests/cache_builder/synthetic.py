@@ -1,4 +1,4 @@
-"""Synthetic teacher checkpoints built per shared/reference/checkpoint-formats.md (images: ``tests.images``)."""
+"""Synthetic teacher checkpoints in the layouts of the public releases (docs/cache.md, "Teachers"); images: ``tests.images``."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def backbone(sd: dict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
 
 
 def stride0_resnet_state_dict(width: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Reference §1.4 step 5: each tensor a seeded vector over dim 0 expanded to the full
+    """Wide-ResNet weights that stay small: each tensor a seeded vector over dim 0 expanded to the full
     shape (stride 0), so a width-4 file is a few MB. Keys: torchvision names incl. fc."""
     from cache_builder.teachers import build_meta, get_teacher_spec
 
@@ -55,7 +55,7 @@ def stride0_resnet_state_dict(width: int, seed: int = 0) -> dict[str, torch.Tens
     return sd
 
 
-# ---- the layouts of the reference (sections 1-5) ------------------------------------------
+# ---- one builder per release layout (docs/cache.md, "Teachers") -----------------------------
 
 def simclr_tonylins(sd):
     return {"state_dict": OrderedDict(sd)}
