@@ -93,7 +93,8 @@ LAYOUTS: dict[str, ViTLayout] = {
                   "norm; these are also timm's names)", ("cls_token", "pos_embed", "blocks.0.attn.qkv.weight"),
                   "patch_embed.proj.weight"),
         ViTLayout("timm", "timm's own names (timm / HF-hub model.safetensors, timm.create_model(...).state_dict())",
-                  (), "patch_embed.proj.weight"),
+                  ("patch_embed.proj.weight",), "patch_embed.proj.weight"),
+        ViTLayout("timm_any", "timm's own names for any timm model (CNNs included)", (), "patch_embed.proj.weight"),
     )
 }
 
@@ -259,7 +260,7 @@ def _check_patch_kernel(sd: Mapping[str, torch.Tensor], layout: ViTLayout, model
     if layout.patch_key not in sd or not isinstance(getattr(proj, "weight", None), torch.Tensor):
         return
     got, want = tuple(sd[layout.patch_key].shape), tuple(proj.weight.shape)  # type: ignore[union-attr]
-    if got != want:
+    if len(got) == 4 and got[-2:] != want[-2:]:  # timm would resample the kernel silently
         raise ViTKeyError(
             f"{path}: wrong architecture: tensor {layout.patch_key!r} has shape {got} in the file, "
             f"the teacher needs {want} (patch size {want[-1]}, width {want[0]})"

@@ -149,6 +149,9 @@ class ViTTeacherSpec:
 # ---------------------------------------------------------------------------------------------
 # registry
 
+# every weight is overwritten by the strict load: timm's ViT init (trunc_normal_ of a 1.1B-parameter
+# ViT-g takes long) is skipped; Eva (DINOv3) has no such switch
+_SKIP_INIT = (("weight_init", "skip"),)
 _TOKEN = (("num_classes", 0), ("global_pool", "token"))
 _DINO_TOKENS = ("cls", "mean", "cls+mean", "pool")
 
@@ -156,7 +159,7 @@ _DINO_TOKENS = ("cls", "mean", "cls+mean", "pool")
 def _dino(name: str, arch: str, width: int, release: str) -> ViTTeacherSpec:
     return ViTTeacherSpec(
         name=name, arch=arch, family="dino", width=width, pool_dim=width, embedding="cls", embeddings=_DINO_TOKENS,
-        layouts=("dino", "timm"), create=_TOKEN,
+        layouts=("dino", "timm"), create=_TOKEN + _SKIP_INIT,
         source=f"facebookresearch/dino: {release}_pretrain.pth (backbone) or {release}_pretrain_full_checkpoint.pth "
                "('teacher' / 'student' dicts, heads dropped)",
     )
@@ -166,7 +169,7 @@ def _dinov2(size: str, arch_size: str, width: int, reg: bool) -> ViTTeacherSpec:
     suffix, arch_reg = ("_reg", "_reg4") if reg else ("", "")
     return ViTTeacherSpec(
         name=f"dinov2_vit{size}14{suffix}", arch=f"vit_{arch_size}_patch14{arch_reg}_dinov2", family="dinov2",
-        width=width, pool_dim=width, embedding="cls", embeddings=_DINO_TOKENS, layouts=("dinov2", "timm"), create=_TOKEN,
+        width=width, pool_dim=width, embedding="cls", embeddings=_DINO_TOKENS, layouts=("dinov2", "timm"), create=_TOKEN + _SKIP_INIT,
         source=f"facebookresearch/dinov2: dinov2_vit{size}14{'_reg4' if reg else ''}_pretrain.pth (pos_embed at 518 px, "
                "resampled to the input size)",
     )
@@ -185,7 +188,7 @@ def _clip(name: str, arch: str, width: int, proj: int, release: str, hub: str) -
     return ViTTeacherSpec(
         name=name, arch=arch, family="clip", width=width, pool_dim=proj, embedding="pool",
         embeddings=("pool", "cls", "mean", "cls+mean"), layouts=("openai_clip", "timm"),
-        create=(("num_classes", proj), ("global_pool", "token")), resize_size=224, crop_pct=1.0,
+        create=(("num_classes", proj), ("global_pool", "token")) + _SKIP_INIT, resize_size=224, crop_pct=1.0,
         mean=CLIP_MEAN, std=CLIP_STD,
         source=f"openai/CLIP {release} image tower (OpenAI or open_clip 'openai' weights; {hub} on the HF hub)",
         convert=f"OpenAI's {release} is a TorchScript archive: save its state dict once with torch.save("
@@ -208,8 +211,8 @@ VIT_TEACHERS: dict[str, ViTTeacherSpec] = {
         _clip("clip_vitl14", "vit_large_patch14_clip_quickgelu_224", 1024, 768, "ViT-L-14.pt", "timm/vit_large_patch14_clip_224.openai"),
         ViTTeacherSpec(
             name="siglip_vitb16", arch="vit_base_patch16_siglip_224", family="siglip", width=768, pool_dim=768,
-            embedding="pool", embeddings=("pool", "mean"), layouts=("timm", "open_clip_timm"),
-            create=(("num_classes", 0), ("global_pool", "map")), resize_size=224, crop_pct=1.0, resize_mode="squash",
+            embedding="pool", embeddings=("pool", "mean"), layouts=("open_clip_timm", "timm"),
+            create=(("num_classes", 0), ("global_pool", "map")) + _SKIP_INIT, resize_size=224, crop_pct=1.0, resize_mode="squash",
             interpolation="bilinear", mean=SIGLIP_MEAN, std=SIGLIP_STD,
             source="google-research/big_vision SigLIP B/16 224 (WebLI), as converted on the HF hub: "
                    "timm/vit_base_patch16_siglip_224.webli (timm names) or timm/ViT-B-16-SigLIP (open_clip, visual.trunk.*)",
@@ -246,17 +249,15 @@ def timm_teacher_spec(name: str, weights: str | None = None) -> ViTTeacherSpec:
     if declared != arch:
         raise UsageError(f"--teacher {name!r} does not match {os.path.join(str(weights), 'config.json')}: "
                          f"its architecture is {declared!r}")
-    cfg: dict[str, Any] = dict(config.get("pretrained_cfg") or {})
-    if not cfg:
-        found = timm.models.get_pretrained_cfg(model_name)
-        cfg = found.to_dict() if found is not None else {}
+    found = timm.models.get_pretrained_cfg(model_name)
+    cfg: dict[str, Any] = (found.to_dict() if found is not None else {}) | dict(config.get("pretrained_cfg") or {})
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
     crop_pct = float(cfg.get("crop_pct") or 0.875)
     squash = cfg.get("crop_mode") == "squash"
     create = tuple(sorted(dict(config.get("model_args") or {}, num_classes=0).items()))
     return ViTTeacherSpec(
         name=f"{TIMM_PREFIX}{model_name}", arch=arch, family="timm", width=0, pool_dim=0, embedding="pool",
-        embeddings=EMBEDDINGS, layouts=("dinov3", "dinov2", "openai_clip", "open_clip_timm", "timm"), create=create,
+        embeddings=EMBEDDINGS, layouts=("dinov3", "dinov2", "openai_clip", "open_clip_timm", "timm_any"), create=create,
         drop=(str(cfg.get("classifier") or "head") + ".",), input_size=size,
         resize_size=size if squash else int(math.floor(size / crop_pct)), interpolation=str(cfg.get("interpolation") or "bicubic"),
         resize_mode="squash" if squash else "shorter", mean=tuple(cfg.get("mean") or IMAGENET_MEAN),  # type: ignore[arg-type]
@@ -355,4 +356,4 @@ def build_vit_teacher(
         tokens = (("cls", "mean", "cls+mean") if has_cls else ("mean",)) if hasattr(model, "num_prefix_tokens") else ()
         spec = dataclasses.replace(spec, width=width, pool_dim=_pool_dim(model), embeddings=("pool",) + tokens)
     spec = spec.with_embedding(embedding)
-    return ViTEmbedding(model, spec.embedding), spec, report
+    return ViTEmbedding(model, spec.embedding).eval(), spec, report
