@@ -148,7 +148,7 @@ def read_weights(path: str) -> tuple[object, str]:
 
         try:
             return load_file(path, device="cpu"), path
-        except Exception as e:  # safetensors raises its own error types
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
             raise ViTCheckpointError(f"{path}: not a readable safetensors file: {type(e).__name__}: {e}") from None
     if _is_torchscript(path):
         raise ViTCheckpointError(
@@ -159,7 +159,7 @@ def read_weights(path: str) -> tuple[object, str]:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True), path
-    except Exception as e:  # pickle errors come in many types; all mean the same to the user
+    except Exception as e:  # noqa: BLE001 - pickle errors come in many types; all mean the same to the user
         raise ViTCheckpointError(
             f"{path}: cannot be read with torch.load(weights_only=True): {type(e).__name__}: {e}. "
             "Checkpoints are untrusted; re-save only the state dict (a dict of tensors) to load it."
@@ -185,7 +185,7 @@ class Unwrapped:
 def unwrap(obj: object, path: str) -> Unwrapped:
     """Find the state dict, strip ``module.``, keep ``backbone.*`` and drop the heads beside it."""
     if _is_state_dict(obj):
-        sd, location = dict(obj), "top level"  # type: ignore[arg-type]
+        sd, location = dict(obj), "top level"  # type: ignore[call-overload]
     elif isinstance(obj, Mapping):
         key = next((k for k in CONTAINER_KEYS if _is_state_dict(obj.get(k))), None)
         if key is None:
@@ -301,7 +301,7 @@ def load_vit_strict(
     if filter_fn is not None:
         try:
             converted = filter_fn(dict(sd), model)
-        except Exception as e:  # timm raises plain RuntimeError / KeyError / IndexError on odd files
+        except Exception as e:  # noqa: BLE001 - timm raises RuntimeError / KeyError / IndexError on odd files
             raise ViTKeyError(
                 f"{path} (layout {layout.name}): timm's {type(model).__module__}.checkpoint_filter_fn cannot convert "
                 f"it for {type(model).__name__} (wrong architecture?): {type(e).__name__}: {e}"

@@ -27,8 +27,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 from cache_builder.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, Uint8Transform, _as_uint8_tensor, to_rgb
 from cache_builder.vit_checkpoints import ViTLoadReport, detect_layout, hub_config, load_vit_strict, read_weights, unwrap
@@ -108,7 +107,7 @@ class ViTTeacherSpec:
     def embedding_dim(self, embedding: str) -> int:
         return {"cls": self.width, "mean": self.width, "cls+mean": 2 * self.width, "pool": self.pool_dim}[embedding]
 
-    def with_embedding(self, embedding: str | None) -> "ViTTeacherSpec":
+    def with_embedding(self, embedding: str | None) -> ViTTeacherSpec:
         """The same teacher giving ``embedding`` (``None`` = the release's default)."""
         if embedding is None:
             return self
@@ -117,13 +116,13 @@ class ViTTeacherSpec:
                              f"choose one of {', '.join(self.embeddings)}")
         return dataclasses.replace(self, embedding=embedding)
 
-    def with_sizes(self, input_size: int | None = None) -> "ViTTeacherSpec":
+    def with_sizes(self, input_size: int | None = None) -> ViTTeacherSpec:
         """The same teacher at another input size (resize kept at ``input_size / crop_pct``)."""
         if input_size is None or input_size == self.input_size:
             return self
         if input_size <= 0:
             raise UsageError(f"--input-size must be positive, got {input_size}")
-        resize = input_size if self.resize_mode == "squash" else int(math.floor(input_size / self.crop_pct))
+        resize = input_size if self.resize_mode == "squash" else math.floor(input_size / self.crop_pct)
         return dataclasses.replace(self, input_size=int(input_size), resize_size=max(resize, int(input_size)))
 
     # ---- preprocessing (same interface as teachers.TeacherSpec) ---------------------------
@@ -236,7 +235,7 @@ def timm_teacher_spec(name: str, weights: str | None = None) -> ViTTeacherSpec:
     ``pretrained_cfg`` when ``weights`` is one, else from timm's own ``pretrained_cfg`` of the name."""
     import timm
 
-    model_name = name[len(TIMM_PREFIX):] if name.startswith(TIMM_PREFIX) else name
+    model_name = name.removeprefix(TIMM_PREFIX)
     arch = model_name.split(".", 1)[0]
     if not timm.is_model(arch):
         import difflib
@@ -259,9 +258,9 @@ def timm_teacher_spec(name: str, weights: str | None = None) -> ViTTeacherSpec:
         name=f"{TIMM_PREFIX}{model_name}", arch=arch, family="timm", width=0, pool_dim=0, embedding="pool",
         embeddings=EMBEDDINGS, layouts=("dinov3", "dinov2", "openai_clip", "open_clip_timm", "timm_any"), create=create,
         drop=(str(cfg.get("classifier") or "head") + ".",), input_size=size,
-        resize_size=size if squash else int(math.floor(size / crop_pct)), interpolation=str(cfg.get("interpolation") or "bicubic"),
-        resize_mode="squash" if squash else "shorter", mean=tuple(cfg.get("mean") or IMAGENET_MEAN),  # type: ignore[arg-type]
-        std=tuple(cfg.get("std") or IMAGENET_STD), crop_pct=1.0 if squash else crop_pct,  # type: ignore[arg-type]
+        resize_size=size if squash else math.floor(size / crop_pct), interpolation=str(cfg.get("interpolation") or "bicubic"),
+        resize_mode="squash" if squash else "shorter", mean=tuple(cfg.get("mean") or IMAGENET_MEAN),
+        std=tuple(cfg.get("std") or IMAGENET_STD), crop_pct=1.0 if squash else crop_pct,
         fixed_input_size=bool(cfg.get("fixed_input_size", False)),
         source=f"your own file or a timm / HF-hub directory for {model_name} (config.json + model.safetensors)",
     )
@@ -284,6 +283,8 @@ class ViTEmbedding(nn.Module):
     """A frozen timm model as a teacher: normalised float ``(B, 3, S, S)`` -> ``(B, D)`` embedding
     (``embedding`` of the module docstring; not L2-normalised)."""
 
+    model: Any  # a timm model (forward_features / forward_head)
+
     def __init__(self, model: nn.Module, embedding: str) -> None:
         super().__init__()
         self.model = model
@@ -299,7 +300,7 @@ class ViTEmbedding(nn.Module):
         return {"cls": cls, "mean": mean, "cls+mean": torch.cat([cls, mean], dim=1)}[self.embedding]
 
 
-def _pool_dim(model: nn.Module) -> int:
+def _pool_dim(model: Any) -> int:
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     if isinstance(head, nn.Linear):
         return head.out_features

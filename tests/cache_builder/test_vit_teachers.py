@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import zipfile
 
 import pytest
 import torch
@@ -193,7 +194,7 @@ def clip_encode_image(sd: dict, x: torch.Tensor, patch: int, heads: int) -> torc
         p = f"visual.transformer.resblocks.{b}"
         h = ln(t, f"{p}.ln_1")
         q, k, v = F.linear(h, sd[f"{p}.attn.in_proj_weight"], sd[f"{p}.attn.in_proj_bias"]).chunk(3, dim=-1)
-        split = lambda z: z.unflatten(-1, (heads, -1)).transpose(1, 2)  # noqa: E731
+        split = lambda z: z.unflatten(-1, (heads, -1)).transpose(1, 2)
         att = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(q.shape[-1] // heads), dim=-1) @ split(v)
         t = t + F.linear(att.transpose(1, 2).flatten(2), sd[f"{p}.attn.out_proj.weight"], sd[f"{p}.attn.out_proj.bias"])
         h = F.linear(ln(t, f"{p}.ln_2"), sd[f"{p}.mlp.c_fc.weight"], sd[f"{p}.mlp.c_fc.bias"])
@@ -295,7 +296,7 @@ def test_timm_cnn_from_pth(tmp_path) -> None:
 
     model = timm.create_model("resnet18", pretrained=False).eval()
     path = lay.save({"state_dict": model.state_dict()}, str(tmp_path / "r18.pth"))
-    teacher, spec, report = vt.build_vit_teacher("timm:resnet18", path)
+    teacher, spec, _report = vt.build_vit_teacher("timm:resnet18", path)
     crop_pct = timm.models.get_pretrained_cfg("resnet18").crop_pct
     assert spec.embed_dim == 512 and spec.embeddings == ("pool",)
     assert (spec.input_size, spec.resize_size) == (224, math.floor(224 / crop_pct))
@@ -353,8 +354,9 @@ def test_unknown_layout_and_unreadable_files(tmp_path) -> None:
     os.makedirs(tmp_path / "empty")
     with pytest.raises(ViTCheckpointError, match="must hold one of model.safetensors"):
         build("dino_vits16", str(tmp_path / "empty"), 32)
-    scripted = torch.jit.script(torch.nn.Linear(2, 2))
-    scripted.save(str(tmp_path / "ViT-B-16.pt"))
+    with zipfile.ZipFile(tmp_path / "ViT-B-16.pt", "w") as z:  # what torch.jit.save writes
+        z.writestr("ViT-B-16/constants.pkl", b"")
+        z.writestr("ViT-B-16/code/__torch__/model.py", b"")
     with pytest.raises(ViTCheckpointError, match="TorchScript archive.*torch.jit.load"):
         build("clip_vitb16", str(tmp_path / "ViT-B-16.pt"), 32)
 
