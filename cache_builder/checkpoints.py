@@ -2,7 +2,7 @@
 layout, remap keys, drop heads, and load **strictly** with a report of every missing,
 unexpected or mis-shaped key grouped by prefix.
 
-Layouts are named key grammars of public releases (see shared/reference/checkpoint-formats.md):
+Layouts are named key grammars of public releases (see docs/architecture.md, adding a teacher):
 each says which key identifies it (``marker``), which prefix to strip, which parts of the file
 belong to something other than the teacher (``ignore``: momentum encoder, queue, projector),
 and an optional rename (TF-style SimCLR names). Heads are dropped by the teacher spec.
@@ -10,7 +10,6 @@ and an optional rename (TF-style SimCLR names). Heads are dropped by the teacher
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections import OrderedDict
@@ -20,13 +19,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from storage.errors import CompressError
+
 log = logging.getLogger(__name__)
 
 # where a state dict may sit inside a checkpoint's top-level dict, in order of preference
 STATE_DICT_KEYS = ("state_dict", "model", "teacher", "student", "module", "net")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CompressError, ValueError):
     """A checkpoint file that cannot be read or does not match the teacher."""
 
 
@@ -128,15 +129,6 @@ def custom_layout(prefix: str = "") -> Layout:
 
 # ---------------------------------------------------------------------------------------------
 # reading
-
-
-def sha256_file(path: str, chunk: int = 16 << 20) -> str:
-    """``sha256:<hex>`` of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
 
 
 def read_checkpoint(path: str) -> object:

@@ -248,7 +248,7 @@ def test_cli_build_info_verify_and_missing_weights(assets, tmp_path, monkeypatch
     res = runner.invoke(main, ["info", "cache"])
     assert "weights_sha256" in res.output and "complete" in res.output
     res = runner.invoke(main, ["build", "--teacher", "nope", "--weights", assets["weights"]])
-    assert res.exit_code == 1 and "known teachers" in res.output
+    assert res.exit_code == 1 and "unknown teacher 'nope'" in res.output and "known: " in res.output
 
 
 def test_decode_gpu_without_cuda_falls_back_to_cpu_and_says_so(assets, tmp_path, caplog) -> None:
