@@ -8,6 +8,8 @@ Key names are torchvision's, so one checkpoint remapping serves every width.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
@@ -85,10 +87,10 @@ class _LayerEmbedding(nn.Module):
         self._captured: list[torch.Tensor] = []
         model.get_submodule(layer).register_forward_hook(lambda _m, _i, out: self._captured.append(out))
 
-    def state_dict(self, *args, **kwargs):  # type: ignore[override]
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self.model.state_dict(*args, **kwargs)
 
-    def load_state_dict(self, *args, **kwargs):  # type: ignore[override]
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self.model.load_state_dict(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -108,13 +108,13 @@ class GpuDecoder:
 
 def _store_kwargs(cfg: BuildConfig, fingerprint: str) -> dict[str, Any]:
     columns = {CROPS_COLUMN: ((cfg.views, len(CROP_COLUMNS)), "float32")} if cfg.views else None
-    return dict(backend=cfg.backend, shard_size=cfg.shard_size, views=cfg.views, columns=columns, fingerprint=fingerprint)
+    return {"backend": cfg.backend, "shard_size": cfg.shard_size, "views": cfg.views, "columns": columns, "fingerprint": fingerprint}
 
 
 def _open_or_create_store(path: str, cfg: BuildConfig, n: int, d: int, fingerprint: str, provenance: dict[str, Any]) -> storage.StoreWriter:
     """Resume the store at ``path`` if it was started with the same identity; otherwise refuse,
     or recreate it with ``--overwrite``."""
-    kwargs = dict(_store_kwargs(cfg, fingerprint), provenance=provenance)
+    kwargs = {**_store_kwargs(cfg, fingerprint), "provenance": provenance}
     try:
         return storage.create_store(path, n, d, cfg.dtype, exist_ok=True, **kwargs)
     except storage.StoreMismatchError as e:

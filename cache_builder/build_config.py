@@ -79,10 +79,10 @@ class BuildConfig:
         """Raise ``UsageError`` naming the option of the first invalid value."""
         if not self.teacher:
             raise UsageError("--teacher is required (see `compress-cache list-teachers`)")
-        for name, value in (("--batch-size", self.batch_size), ("--shard-size", self.shard_size),
+        for name, count in (("--batch-size", self.batch_size), ("--shard-size", self.shard_size),
                             ("--input-size", self.input_size), ("--resize-size", self.resize_size)):
-            if value is not None and value <= 0:
-                raise UsageError(f"{name} must be positive, got {value}")
+            if count is not None and count <= 0:
+                raise UsageError(f"{name} must be positive, got {count}")
         if self.workers is not None and self.workers < 0:
             raise UsageError(f"--workers must be >= 0, got {self.workers}")
         for name, value, allowed in (("--dtype", self.dtype, DTYPES), ("--backend", self.backend, BACKENDS),
@@ -101,7 +101,7 @@ class BuildConfig:
             raise UsageError("teacher 'custom' needs --arch (a torchvision model name, e.g. resnet18)")
         _check_out(self.out)
 
-    def resolved(self) -> "BuildConfig":
+    def resolved(self) -> BuildConfig:
         """Defaults filled in: weights path, data root, worker count, views for ``rrc``."""
         from cache_builder.teachers import default_weights_path
 

@@ -15,6 +15,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -137,7 +138,7 @@ def read_checkpoint(path: str) -> object:
         raise CheckpointError(f"{path}: no such weights file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors come in many types; all mean the same to the user
+    except Exception as e:  # noqa: BLE001 - pickle errors come in many types; all mean the same to the user
         raise CheckpointError(
             f"{path}: cannot be read with torch.load(weights_only=True): {type(e).__name__}: {e}. "
             "Checkpoints are untrusted; re-save only the state dict (a dict of tensors) to load it."
@@ -158,7 +159,7 @@ def find_state_dict(obj: object, path: str = "<checkpoint>") -> tuple[dict[str, 
     mis-routed the way CompRess's ``load_weights`` does).
     """
     if _is_state_dict(obj):
-        return dict(obj), "top level"  # type: ignore[arg-type]
+        return dict(cast(Mapping[str, torch.Tensor], obj)), "top level"
     if isinstance(obj, Mapping):
         for key in STATE_DICT_KEYS:
             if _is_state_dict(obj.get(key)):

@@ -149,10 +149,11 @@ class _ShardBuffer:
         return self.filled == len(self.emb)
 
 
-def shard_loader(dataset: torch.utils.data.Dataset[Any], writer: StoreWriter, shards: Sequence[int], batch_size: int,
+def shard_loader(dataset: Any, writer: StoreWriter, shards: Sequence[int], batch_size: int,
                  workers: int, *, pin_memory: bool = False, collate_fn: Callable[..., Any] | None = None) -> torch.utils.data.DataLoader[Any]:
-    """A DataLoader over ``dataset`` (whose items are the rows of ``shards``, in order) whose
-    batches start at every shard start (``dataset.ShardBatchSampler``)."""
+    """A DataLoader over the map-style ``dataset`` (whose items are the rows of ``shards``, in
+    order, as ``(index, image, crops)``) whose batches start at every shard start
+    (``cache_builder.dataset.ShardBatchSampler``)."""
     from cache_builder.dataset import ShardBatchSampler
 
     lengths = [b - a for a, b in map(writer.shard_rows, shards)]

@@ -31,6 +31,7 @@ from storage.errors import CompressError, UsageError, unknown_name
 log = logging.getLogger(__name__)
 
 RESNET_HEADS = ("fc.",)
+PYTORCH_RELEASE = "The release is a PyTorch file: use it as is."
 
 
 class UnknownTeacherError(CompressError, KeyError):
@@ -73,7 +74,7 @@ class TeacherSpec:
     layouts: tuple[str, ...]
     drop: tuple[str, ...]
     source: str
-    convert: str = "The release is a PyTorch file: use it as is."
+    convert: str = PYTORCH_RELEASE
     input_size: int = 224
     resize_size: int = 256
     interpolation: str = "bilinear"
@@ -85,12 +86,12 @@ class TeacherSpec:
     gflops: float | None = None
 
     # ---- preprocessing -----------------------------------------------------------------
-    def with_sizes(self, input_size: int | None = None, resize_size: int | None = None) -> "TeacherSpec":
+    def with_sizes(self, input_size: int | None = None, resize_size: int | None = None) -> TeacherSpec:
         """The same teacher at another input size; ``resize_size`` defaults to ``input_size * 256/224``."""
         if input_size is None and resize_size is None:
             return self
         size = int(input_size or self.input_size)
-        resize = int(resize_size) if resize_size is not None else int(round(size * 256 / 224))
+        resize = int(resize_size) if resize_size is not None else round(size * 256 / 224)
         if size <= 0 or resize < size:
             raise UsageError(f"{self.name}: need 0 < --input-size <= --resize-size, got {size} and {resize}")
         return dataclasses.replace(self, input_size=size, resize_size=resize)
@@ -175,7 +176,7 @@ def _torchvision_r50(name: str, source: str, convert: str | None = None, interpo
         name=name, arch="resnet50", builder=_resnet(1), embed_dim=2048,
         layouts=("torchvision", "module", "module_backbone", "backbone"), drop=RESNET_HEADS, source=source,
         interpolation=interpolation, params=_RESNET_COST[1][0], gflops=_RESNET_COST[1][1],
-        **({"convert": convert} if convert else {}),
+        convert=convert or PYTORCH_RELEASE,
     )
 
 
