@@ -106,15 +106,15 @@ class GpuDecoder:
         return torch.stack([self.transform(img) for img in decode_batch(raw, self.device, error)])
 
 
-def _store_kwargs(cfg: BuildConfig, fingerprint: str) -> dict[str, Any]:
-    columns = {CROPS_COLUMN: ((cfg.views, len(CROP_COLUMNS)), "float32")} if cfg.views else None
+def _store_kwargs(cfg: BuildConfig, fingerprint: str, identity: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, Any]:
+    """``create_store`` options: format, fingerprint, columns (file identities, crops of a K-view cache)."""
+    columns = {**identity, **({CROPS_COLUMN: ((cfg.views, len(CROP_COLUMNS)), "float32")} if cfg.views else {})} or None
     return {"backend": cfg.backend, "shard_size": cfg.shard_size, "views": cfg.views, "columns": columns, "fingerprint": fingerprint}
 
 
-def _open_or_create_store(path: str, cfg: BuildConfig, n: int, d: int, fingerprint: str, provenance: dict[str, Any]) -> storage.StoreWriter:
+def _open_or_create_store(path: str, cfg: BuildConfig, n: int, d: int, kwargs: dict[str, Any]) -> storage.StoreWriter:
     """Resume the store at ``path`` if it was started with the same identity; otherwise refuse,
-    or recreate it with ``--overwrite``."""
-    kwargs = {**_store_kwargs(cfg, fingerprint), "provenance": provenance}
+    or recreate it with ``--overwrite``. ``kwargs``: ``create_store`` options."""
     try:
         return storage.create_store(path, n, d, cfg.dtype, exist_ok=True, **kwargs)
     except storage.StoreMismatchError as e:
@@ -153,21 +153,22 @@ def _build_split(split: str, images: ImageList, cfg: BuildConfig, spec: TeacherS
     kept, skipped = _readable(split, images, cfg)
     kept_list = ImageList(images.root, tuple(images.paths[i] for i in kept), tuple(images.labels[i] for i in kept), images.classes)
     fingerprint = _fingerprint({**identity, "split": split, "data": kept_list.fingerprint()})
-    # content identity of the images (issue 12, defect 6): see content_provenance
     split_prov = {**provenance, "split": split, "data_fingerprint": kept_list.fingerprint(),
                   "data_listing_fingerprint": images.fingerprint(), "data_root": images.root,
-                  "images_listed": len(images), "skipped_images": skipped, **content_provenance(kept_list)}
+                  "images_listed": len(images), "skipped_images": skipped}
+    identity_specs, identity_values = _identity_columns(kept_list)
     d = spec.embed_dim
+    kwargs = _store_kwargs(cfg, fingerprint, identity_specs)
     if rank == 0:
-        writer = _open_or_create_store(path, cfg, len(kept), d, fingerprint, split_prov)
+        writer = _open_or_create_store(path, cfg, len(kept), d, {**kwargs, "provenance": split_prov})
     dist.barrier()
     if rank != 0:
-        writer = storage.create_store(path, len(kept), d, cfg.dtype, exist_ok=True, **_store_kwargs(cfg, fingerprint))
+        writer = storage.create_store(path, len(kept), d, cfg.dtype, exist_ok=True, **kwargs)
     pending = writer.pending_shards(rank, world)
     done = len(writer.manifest.shards) - len(writer.pending_shards(0, 1))
     if done:
         log.info("%s: resuming, %d of %d shards already complete", path, done, len(writer.manifest.shards))
-    rows = StoreRows(np.asarray(kept, dtype=np.int64), np.asarray(kept_list.labels, dtype=np.int64), kept_list.paths)
+    rows = StoreRows(np.asarray(kept, dtype=np.int64), np.asarray(kept_list.labels, dtype=np.int64), kept_list.paths, identity_values)
     indices = [kept[r] for s in pending for r in range(*writer.shard_rows(s))]
 
     raw = cfg.decode == "gpu" and embedder.device.type == "cuda"
@@ -188,14 +189,22 @@ def _build_split(split: str, images: ImageList, cfg: BuildConfig, spec: TeacherS
     return SplitResult(split, path, len(kept), written, seconds, _dir_bytes(path), skipped), fingerprint
 
 
-def content_provenance(images: ImageList) -> dict[str, Any]:
-    """What the store records about the images' contents, for stage 2's check that they are
-    unchanged (issue 12, defect 6). HOOK: filled from ``image_list``'s per-row (size, mtime_ns)
-    identity once it exists; empty until then."""
+def _identity_columns(images: ImageList) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict[str, np.ndarray]]:
+    """``(column specs, column values)`` of each image file's ``(size, mtime_ns)`` (column
+    ``image_list.IDENTITY_COLUMN``), stat'ed before any image is read, so that stage 2 refuses
+    a file changed since (issue 12, defect 6; see docs/cache.md).
+
+    MERGE HOOK: ``image_list.file_identities`` / ``IDENTITY_COLUMN`` / ``IDENTITY_COLUMN_SPEC``
+    come from the image-data branch (h-images); once it is merged, import them directly and
+    drop the ``getattr``. Until then no column is recorded.
+    """
     from cache_builder import image_list
 
-    fn = getattr(image_list, "content_fingerprint", None)
-    return {"data_content_fingerprint": fn(images)} if fn is not None else {}
+    file_identities = getattr(image_list, "file_identities", None)
+    if file_identities is None:
+        return {}, {}
+    name = image_list.IDENTITY_COLUMN  # type: ignore[attr-defined]
+    return {name: image_list.IDENTITY_COLUMN_SPEC}, {name: file_identities(images)}  # type: ignore[attr-defined]
 
 
 def _check_inputs(cfg: BuildConfig) -> None:

@@ -277,3 +277,25 @@ def test_decode_gpu_matches_cpu_decoding(tmp_path) -> None:
     a = storage.open_store(str(tmp_path / "gpu" / "train")).load_all()
     b = storage.open_store(str(tmp_path / "cpu" / "train")).load_all()
     assert (a * b).sum(axis=1).min() > 0.98  # GPU JPEG decoding and resizing differ slightly from PIL
+
+
+def test_build_records_each_files_size_and_mtime_before_reading(assets, tmp_path, monkeypatch) -> None:
+    """Defect 6 (stage 2 only compared paths): every store carries each image's (size, mtime_ns)
+    in column image_list.IDENTITY_COLUMN, for load_targets to compare. The fallback below stands
+    in for image_list.file_identities until the image-data branch is merged."""
+    from cache_builder import image_list
+
+    if not hasattr(image_list, "file_identities"):
+        def file_identities(images, start=0, stop=None):
+            stats = [os.stat(images.absolute(i)) for i in range(start, len(images) if stop is None else stop)]
+            return np.array([(s.st_size, s.st_mtime_ns) for s in stats], dtype=np.int64).reshape(-1, 2)
+
+        monkeypatch.setattr(image_list, "file_identities", file_identities, raising=False)
+        monkeypatch.setattr(image_list, "IDENTITY_COLUMN", "file_identity", raising=False)
+        monkeypatch.setattr(image_list, "IDENTITY_COLUMN_SPEC", ((2,), "int64"), raising=False)
+    build_cache(_cfg(assets, tmp_path / "c", splits=("val",)))
+    store = storage.open_store(str(tmp_path / "c" / "val"))
+    recorded = store.load_column(image_list.IDENTITY_COLUMN)
+    listing = discover_splits(assets["data"])["val"]
+    expected = [(os.stat(listing.absolute(i)).st_size, os.stat(listing.absolute(i)).st_mtime_ns) for i in range(len(listing))]
+    assert recorded.tolist() == [list(e) for e in expected]
