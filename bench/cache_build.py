@@ -66,13 +66,15 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     args = p.parse_args()
 
-    from cache_builder.build import BuildConfig, Embedder, _resolve_device, build_cache
+    from cache_builder.build import BuildConfig, build_cache
+    from cache_builder.devices import resolve_device
+    from cache_builder.embed import Embedder
     from cache_builder.dataset import ImageDataset
     from cache_builder.image_list import scan_image_folder
     from cache_builder.teachers import get_teacher_spec, load_teacher_spec
 
     spec = get_teacher_spec(args.teacher).with_sizes(args.input_size)
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     tmp = tempfile.mkdtemp(prefix="bench_cache_")
     data = os.path.join(tmp, "data")
     make_images(data, args.images)
@@ -92,7 +94,7 @@ def main() -> None:
 
     # 2. bare forward on the pre-decoded batches
     model, spec, _ = load_teacher_spec(spec, weights, device)
-    emb = Embedder(model, spec, device, amp=True, compile=False)
+    emb = Embedder(model, device, mean=spec.mean, std=spec.std, amp=True, compile=False)
     emb(batches[0], "float16")  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -8,9 +8,13 @@ Key names are torchvision's, so one checkpoint remapping serves every width.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
+
+from storage.errors import UsageError, unknown_name
 
 
 class WideResNet50(nn.Module):
@@ -23,7 +27,7 @@ class WideResNet50(nn.Module):
     def __init__(self, width: int = 1) -> None:
         super().__init__()
         if width < 1:
-            raise ValueError(f"width must be a positive integer, got {width}")
+            raise UsageError(f"width must be a positive integer, got {width}")
         self.width = width
         base = 64 * width
         self.conv1 = nn.Conv2d(3, base, kernel_size=7, stride=2, padding=3, bias=False)
@@ -83,10 +87,10 @@ class _LayerEmbedding(nn.Module):
         self._captured: list[torch.Tensor] = []
         model.get_submodule(layer).register_forward_hook(lambda _m, _i, out: self._captured.append(out))
 
-    def state_dict(self, *args, **kwargs):  # type: ignore[override]
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self.model.state_dict(*args, **kwargs)
 
-    def load_state_dict(self, *args, **kwargs):  # type: ignore[override]
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self.model.load_state_dict(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,39 +102,70 @@ class _LayerEmbedding(nn.Module):
         return torch.flatten(out, 1)
 
 
-def torchvision_headless(arch: str, embed_layer: str | None = None) -> tuple[nn.Module, tuple[str, ...]]:
-    """Any torchvision classification model without its classifier.
+HEAD_ATTRIBUTES = ("fc", "head", "heads", "classifier")
+
+
+def torchvision_headless(arch: str, embed_layer: str | None = None, *, penultimate: bool = False) -> tuple[nn.Module, tuple[str, ...]]:
+    """Any torchvision classification model without its classifier (randomly initialised).
+
+    The one head stripping of the product: teachers (``custom``), students and exports use it.
 
     Args:
         arch: a name accepted by ``torchvision.models.get_model`` (e.g. ``resnet18``).
         embed_layer: a submodule name (``layer3``, ``features.12``) whose output is the
-            embedding; 4-D outputs are global-average-pooled.
+            embedding; 4-D outputs are global-average-pooled. The whole network keeps its keys.
+        penultimate: when the head (``fc``/``head``/``heads``/``classifier``, first found) is an
+            ``nn.Sequential`` ending in a ``Linear``, drop only that last layer (AlexNet's fc7 form,
+            ``classifier.0``-``5`` kept); otherwise the head is replaced by ``Identity``.
     Returns:
         ``(module, dropped_prefixes)``: the module maps ``(B, 3, H, W)`` to ``(B, D)``;
-        ``dropped_prefixes`` are the state-dict key prefixes of the removed head.
+        ``dropped_prefixes`` are the state-dict key prefixes of the removed head
+        (``("fc.",)``, ``("classifier.6.",)``; ``()`` with ``embed_layer``).
     Raises:
-        ValueError: unknown architecture, no obvious head, or unknown layer.
+        UsageError: unknown architecture (with close names), no head attribute, or unknown layer.
     """
     import torchvision
 
-    known = torchvision.models.list_models(module=torchvision.models)
+    known = sorted(torchvision.models.list_models(module=torchvision.models))
     if arch not in known:
-        raise ValueError(f"--arch {arch!r} is not a torchvision classification model; known: {', '.join(sorted(known))}")
+        raise UsageError(f"--arch: {unknown_name('torchvision classification model', arch, known)}")
     model = torchvision.models.get_model(arch, weights=None)
     if embed_layer is not None:
         names = [n for n, _ in model.named_modules() if n]
         if embed_layer not in names:
-            raise ValueError(f"--embed-layer {embed_layer!r} is not a module of {arch}; modules: {', '.join(names[:60])}, ...")
-        # the whole network (head included) runs and keeps its keys: the file must hold them all
+            raise UsageError(f"--embed-layer {embed_layer!r} is not a module of {arch}; modules: {', '.join(names[:60])}, ...")
         return _LayerEmbedding(model, embed_layer), ()
-    for head in ("fc", "head", "heads", "classifier"):
-        if isinstance(getattr(model, head, None), nn.Module):
-            setattr(model, head, nn.Identity())
-            return model, (head + ".",)
-    raise ValueError(f"{arch}: no classifier attribute (fc/head/heads/classifier) found; pass --embed-layer")
+    for head in HEAD_ATTRIBUTES:
+        module = getattr(model, head, None)
+        if not isinstance(module, nn.Module):
+            continue
+        if penultimate and isinstance(module, nn.Sequential) and len(module) > 1 and isinstance(module[-1], nn.Linear):
+            last = str(len(module) - 1)
+            setattr(model, head, nn.Sequential(*list(module.children())[:-1]))
+            return model, (f"{head}.{last}.",)
+        setattr(model, head, nn.Identity())
+        return model, (head + ".",)
+    raise UsageError(f"{arch}: no classifier attribute ({'/'.join(HEAD_ATTRIBUTES)}) found; pass --embed-layer")
+
+
+def headless_dim(arch: str, embed_layer: str | None = None, *, penultimate: bool = False, input_size: int = 224) -> int:
+    """Embedding dimension D of ``torchvision_headless(arch, embed_layer, penultimate=...)``,
+    from one forward on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model, _ = torchvision_headless(arch, embed_layer, penultimate=penultimate)
+    return embedding_dim(model, input_size)
+
+
+def embedding_dim(model: nn.Module, input_size: int = 224) -> int:
+    """D of a headless ``model`` ``(B, 3, H, W) -> (B, D)``: one forward of a single image on the
+    model's device (build it on the meta device to allocate nothing)."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return int(model.eval()(torch.empty(1, 3, input_size, input_size, device=device)).shape[-1])
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (elements) of ``model`` (works on the meta device)."""
     return sum(p.numel() for p in model.parameters())
 
 

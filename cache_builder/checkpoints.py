@@ -10,15 +10,17 @@ and an optional rename (TF-style SimCLR names). Heads are dropped by the teacher
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
+
+from storage.errors import CompressError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 STATE_DICT_KEYS = ("state_dict", "model", "teacher", "student", "module", "net")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CompressError, ValueError):
     """A checkpoint file that cannot be read or does not match the teacher."""
 
 
@@ -130,22 +132,13 @@ def custom_layout(prefix: str = "") -> Layout:
 # reading
 
 
-def sha256_file(path: str, chunk: int = 16 << 20) -> str:
-    """``sha256:<hex>`` of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
-
-
 def read_checkpoint(path: str) -> object:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with errors naming the file."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such weights file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors come in many types; all mean the same to the user
+    except Exception as e:  # noqa: BLE001 - pickle errors come in many types; all mean the same to the user
         raise CheckpointError(
             f"{path}: cannot be read with torch.load(weights_only=True): {type(e).__name__}: {e}. "
             "Checkpoints are untrusted; re-save only the state dict (a dict of tensors) to load it."
@@ -166,7 +159,7 @@ def find_state_dict(obj: object, path: str = "<checkpoint>") -> tuple[dict[str, 
     mis-routed the way CompRess's ``load_weights`` does).
     """
     if _is_state_dict(obj):
-        return dict(obj), "top level"  # type: ignore[arg-type]
+        return dict(cast(Mapping[str, torch.Tensor], obj)), "top level"
     if isinstance(obj, Mapping):
         for key in STATE_DICT_KEYS:
             if _is_state_dict(obj.get(key)):

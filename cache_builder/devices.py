@@ -7,10 +7,12 @@ available, else the CPU. Asking for CUDA where there is none is a ``UsageError``
 from __future__ import annotations
 
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from storage.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_HELP = "auto (this process's GPU when CUDA is available, else cpu), cpu, cuda or cuda:N."
 
@@ -22,6 +24,8 @@ def local_rank() -> int:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """The device ``name`` means on this machine (see the module doc)."""
+    import torch  # here, so that CLIs importing DEVICE_HELP keep --help instant
+
     if name == "auto":
         return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
     try:

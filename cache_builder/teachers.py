@@ -27,20 +27,22 @@ from cache_builder import architectures
 from cache_builder.checkpoints import LAYOUTS, Layout, LoadReport, custom_layout, load_strict, read_checkpoint
 from cache_builder.home import compress_home
 from cache_builder.transforms import IMAGENET_MEAN, IMAGENET_STD, SWAV_STD, EvalTransform, Uint8Transform
+from storage.errors import CompressError, UsageError, unknown_name
 
 log = logging.getLogger(__name__)
 
 RESNET_HEADS = ("fc.",)
+PYTORCH_RELEASE = "The release is a PyTorch file: use it as is."
 
 
-class UnknownTeacherError(KeyError):
-    """A teacher name that is not in the registry."""
+class UnknownTeacherError(CompressError, KeyError):
+    """A teacher name that is not in the registry (the message suggests close names)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(CompressError, FileNotFoundError):
     """The weights file of a teacher is not where it was looked for."""
 
 
@@ -60,6 +62,10 @@ class TeacherSpec:
         source: the public release the weights come from.
         convert: how to obtain a PyTorch file from that release.
         custom_layouts: extra layouts built at run time (``custom`` teachers).
+        options: the ``custom`` teacher's options (part of the cache identity).
+        params / gflops: parameter count and GFLOPs (2 x multiply-adds) at 224 px of the headless
+            network, recorded so that ``list-teachers`` builds nothing (a test checks them
+            against ``architectures.count_parameters`` / ``gflops`` on the meta device).
     """
 
     name: str
@@ -69,7 +75,7 @@ class TeacherSpec:
     layouts: tuple[str, ...]
     drop: tuple[str, ...]
     source: str
-    convert: str = "The release is a PyTorch file: use it as is."
+    convert: str = PYTORCH_RELEASE
     input_size: int = 224
     resize_size: int = 256
     interpolation: str = "bilinear"
@@ -77,16 +83,18 @@ class TeacherSpec:
     std: tuple[float, float, float] | None = IMAGENET_STD
     custom_layouts: tuple[Layout, ...] = ()
     options: tuple[tuple[str, Any], ...] = ()
+    params: int | None = None
+    gflops: float | None = None
 
     # ---- preprocessing -----------------------------------------------------------------
-    def with_sizes(self, input_size: int | None = None, resize_size: int | None = None) -> "TeacherSpec":
+    def with_sizes(self, input_size: int | None = None, resize_size: int | None = None) -> TeacherSpec:
         """The same teacher at another input size; ``resize_size`` defaults to ``input_size * 256/224``."""
         if input_size is None and resize_size is None:
             return self
         size = int(input_size or self.input_size)
-        resize = int(resize_size) if resize_size is not None else int(round(size * 256 / 224))
+        resize = int(resize_size) if resize_size is not None else round(size * 256 / 224)
         if size <= 0 or resize < size:
-            raise ValueError(f"{self.name}: need 0 < input size <= resize size, got {size} and {resize}")
+            raise UsageError(f"{self.name}: need 0 < --input-size <= --resize-size, got {size} and {resize}")
         return dataclasses.replace(self, input_size=size, resize_size=resize)
 
     def uint8_transform(self) -> Uint8Transform:
@@ -130,6 +138,11 @@ def _resnet(width: int) -> Callable[[], nn.Module]:
     return partial(architectures.resnet50_width, width)
 
 
+# (parameters, GFLOPs at 224 px) of the headless width-w ResNet-50 and of MobileNetV2
+_RESNET_COST = {1: (23_508_032, 8.17), 2: (93_907_072, 32.23), 4: (375_378_176, 127.96), 5: (586_450_240, 199.64)}
+_MOBILENET_V2_COST = (2_223_872, 0.6)
+
+
 _SIMCLR_CONVERT = (
     "SimCLR v1 is released for TensorFlow (gs://simclr-checkpoints/simclrv1/pretrain/ResNet50_{w}x). "
     "Convert it with tonylins/simclr-converter (`python convert.py ResNet50_{w}x/model.ckpt-225206 "
@@ -142,6 +155,7 @@ def _simclr(width: int) -> TeacherSpec:
     return TeacherSpec(
         name=f"simclr_r50x{width}", arch=f"resnet50x{width}", builder=_resnet(width), embed_dim=2048 * width,
         layouts=("torchvision", "simclr_tf"), drop=RESNET_HEADS, mean=None, std=None,
+        params=_RESNET_COST[width][0], gflops=_RESNET_COST[width][1],
         source=f"SimCLR v1 ResNet-50 ({width}x), google-research/simclr (TensorFlow checkpoints)",
         convert=_SIMCLR_CONVERT.format(w=width),
     )
@@ -153,7 +167,8 @@ def _swav(width: int) -> TeacherSpec:
     return TeacherSpec(
         name=f"swav_r50{suffix}", arch=f"resnet50{'' if width == 1 else f'w{width}'}", builder=_resnet(width),
         embed_dim=2048 * width, layouts=("module", "torchvision"), drop=("fc.", "projection_head.", "prototypes."),
-        std=SWAV_STD, source=f"facebookresearch/swav model zoo: {release} (flat dict, module.* keys)",
+        std=SWAV_STD, params=_RESNET_COST[width][0], gflops=_RESNET_COST[width][1],
+        source=f"facebookresearch/swav model zoo: {release} (flat dict, module.* keys)",
     )
 
 
@@ -161,7 +176,8 @@ def _torchvision_r50(name: str, source: str, convert: str | None = None, interpo
     return TeacherSpec(
         name=name, arch="resnet50", builder=_resnet(1), embed_dim=2048,
         layouts=("torchvision", "module", "module_backbone", "backbone"), drop=RESNET_HEADS, source=source,
-        interpolation=interpolation, **({"convert": convert} if convert else {}),
+        interpolation=interpolation, params=_RESNET_COST[1][0], gflops=_RESNET_COST[1][1],
+        convert=convert or PYTORCH_RELEASE,
     )
 
 
@@ -171,11 +187,13 @@ TEACHERS: dict[str, TeacherSpec] = {
         _simclr(1), _simclr(2), _simclr(4),
         TeacherSpec(
             name="moco_v1_r50", arch="resnet50", builder=_resnet(1), embed_dim=2048, layouts=("moco",),
-            drop=RESNET_HEADS, source="facebookresearch/moco: moco_v1_200ep_pretrain.pth.tar ({'state_dict': module.encoder_q.*})",
+            drop=RESNET_HEADS, params=_RESNET_COST[1][0], gflops=_RESNET_COST[1][1],
+            source="facebookresearch/moco: moco_v1_200ep_pretrain.pth.tar ({'state_dict': module.encoder_q.*})",
         ),
         TeacherSpec(
             name="moco_v2_r50", arch="resnet50", builder=_resnet(1), embed_dim=2048, layouts=("moco",),
-            drop=RESNET_HEADS, source="facebookresearch/moco: moco_v2_800ep_pretrain.pth.tar (or 200ep; {'state_dict': module.encoder_q.*})",
+            drop=RESNET_HEADS, params=_RESNET_COST[1][0], gflops=_RESNET_COST[1][1],
+            source="facebookresearch/moco: moco_v2_800ep_pretrain.pth.tar (or 200ep; {'state_dict': module.encoder_q.*})",
         ),
         _swav(1), _swav(2), _swav(4), _swav(5),
         _torchvision_r50("barlowtwins_r50", "facebookresearch/barlowtwins: resnet50.pth (flat torchvision keys, no fc)"),
@@ -192,6 +210,7 @@ TEACHERS: dict[str, TeacherSpec] = {
         TeacherSpec(
             name="supervised_mobilenet_v2", arch="mobilenet_v2", builder=architectures.mobilenet_v2_headless,
             embed_dim=1280, layouts=("mobilenet_v2",), drop=("classifier.",),
+            params=_MOBILENET_V2_COST[0], gflops=_MOBILENET_V2_COST[1],
             source="torchvision MobileNet_V2_Weights.IMAGENET1K_V1 (mobilenet_v2-b0353104.pth)",
             convert="Download the torchvision weights file on a machine with internet and copy it.",
         ),
@@ -211,7 +230,7 @@ def get_teacher_spec(name: str) -> TeacherSpec:
     if name == CUSTOM:
         raise UnknownTeacherError("teacher 'custom' has no fixed spec: build it with custom_spec(arch=...) (CLI: --arch)")
     if name not in TEACHERS:
-        raise UnknownTeacherError(f"unknown teacher {name!r}; known teachers: {', '.join(teacher_names())}")
+        raise UnknownTeacherError(unknown_name("teacher", name, teacher_names()))
     return TEACHERS[name]
 
 
@@ -222,7 +241,7 @@ def custom_spec(arch: str, prefix: str = "", embed_layer: str | None = None,
     embedding = the pooled input of the classifier, or the node ``embed_layer``."""
     with torch.device("meta"):  # validates arch/layer early without allocating weights
         meta_model, dropped = architectures.torchvision_headless(arch, embed_layer)
-        dim = int(meta_model.eval()(torch.empty(1, 3, 224, 224)).shape[-1])
+    dim = architectures.embedding_dim(meta_model)
     return TeacherSpec(
         name=CUSTOM, arch=arch, builder=lambda: architectures.torchvision_headless(arch, embed_layer)[0], embed_dim=dim,
         layouts=(), drop=dropped, source="user-provided", mean=mean, std=std,
@@ -235,10 +254,10 @@ def resolve_spec(name: str, arch: str | None = None, prefix: str = "", embed_lay
     """``get_teacher_spec`` or, for ``custom``, ``custom_spec`` (which requires ``arch``)."""
     if name == CUSTOM:
         if not arch:
-            raise ValueError("teacher 'custom' needs --arch (a torchvision model name, e.g. resnet18)")
+            raise UsageError("teacher 'custom' needs --arch (a torchvision model name, e.g. resnet18)")
         return custom_spec(arch, prefix, embed_layer)
     if arch or prefix or embed_layer:
-        raise ValueError(f"--arch/--prefix/--embed-layer apply to teacher 'custom' only, not {name!r}")
+        raise UsageError(f"--arch/--prefix/--embed-layer apply to teacher 'custom' only, not {name!r}")
     return get_teacher_spec(name)
 
 

@@ -144,26 +144,32 @@ def distill_config(cfg: DemoConfig, cache: str, data: str) -> Any:
 def raw_pixel_features(splits: dict[str, Split], data: str, out: str) -> str:
     """``out/{train,val}`` stores of raw pixels (784-d, L2-normalised at evaluation), rows,
     labels and paths exactly as the ImageFolder listing of ``data`` (the export's file names
-    are the images' indices)."""
+    are the images' indices). Written by the embedding pipeline (``cache_builder.embed``) with
+    ``Flatten`` as the network, over the in-memory images."""
+    import torch
+
+    from cache_builder.embed import Embedder, StoreRows, embed_shards
     from demo.image_folder import split_fingerprint
     from evaluate.features import complete_store_matches
     from evaluate.image_folder import list_classes, list_split
     from storage import create_store
 
     classes = list_classes(data)
+    embedder = Embedder(torch.nn.Flatten(), torch.device("cpu"), amp=False, l2=False)
     for name, split in splits.items():
         listing = list_split(data, name, classes)
         order = np.array([int(os.path.splitext(os.path.basename(p))[0]) for p in listing.paths])
-        pixels = split.images.reshape(len(split.labels), -1)[order].astype(np.float32) / 255.0
+        images = split.images[order]
         path, fingerprint = os.path.join(out, name), split_fingerprint(split)
         if complete_store_matches(path, fingerprint):
             continue
-        writer = create_store(path, len(order), pixels.shape[1], "float32", backend="zarr", normalized=False,
+        writer = create_store(path, len(order), int(np.prod(images.shape[1:])), "float32", backend="zarr", normalized=False,
                               fingerprint=fingerprint, provenance={"model": "raw pixels", "split": name}, exist_ok=True)
-        labels = np.asarray(listing.labels, dtype=np.int64)
-        for shard in writer.pending_shards():
-            a, b = writer.shard_rows(shard)
-            writer.write_shard(shard, pixels[a:b], index=np.arange(a, b), labels=labels[a:b], paths=list(listing.paths[a:b]))
+        rows = StoreRows(np.arange(len(order), dtype=np.int64), np.asarray(listing.labels, dtype=np.int64), listing.paths)
+        pending = writer.pending_shards()
+        batches = ((torch.arange(a, b), torch.from_numpy(images[a:b].astype(np.float32) / 255.0), torch.empty(0))
+                   for a, b in map(writer.shard_rows, pending))
+        embed_shards(writer, pending, batches, embedder, rows)
         writer.finalize()
     return out
 

@@ -14,11 +14,16 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
+from cache_builder.image_decode import decode_image
 from evaluate.image_folder import ImageListing, list_classes, list_split
+from storage.atomic import write_json_atomic
+from storage.errors import UsageError
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val")
@@ -31,7 +36,8 @@ class FeaturesConfig:
     Attributes:
         model: ``--model`` spec (see ``evaluate.models``). data: ImageFolder-style root.
         out: output directory (``out/train``, ``out/val``).
-        batch_size, workers: loader settings. device: torch device.
+        batch_size, workers: loader settings. device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``
+            (``cache_builder.devices.resolve_device``).
         image_size: center-crop size override (torchvision models).
         dtype: store dtype. shard_size: rows per shard (default: the store's).
         overwrite: replace stores extracted with another fingerprint.
@@ -43,7 +49,7 @@ class FeaturesConfig:
     out: str
     batch_size: int = 64
     workers: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     image_size: int | None = None
     dtype: str = "float16"
     shard_size: int | None = None
@@ -51,36 +57,48 @@ class FeaturesConfig:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.workers < 0:
-            raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {self.batch_size}, {self.workers}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise UsageError(f"--workers must be >= 0, got {self.workers}")
         if self.dtype not in ("float16", "float32"):
-            raise ValueError(f"dtype must be float16 or float32, got {self.dtype!r}")
+            raise UsageError(f"--dtype must be float16 or float32, got {self.dtype!r}")
+        if self.shard_size is not None and self.shard_size < 1:
+            raise UsageError(f"--shard-size must be >= 1, got {self.shard_size}")
+        if self.image_size is not None and self.image_size < 1:
+            raise UsageError(f"--image-size must be >= 1, got {self.image_size}")
 
 
 class ImageDataset:
-    """Images ``rows`` of a listing through a transform (with their labels if asked); errors
-    name the file."""
+    """Images ``rows`` of a listing through a transform; errors name the file.
 
-    def __init__(self, listing: ImageListing, rows, transform, with_labels: bool = False) -> None:
-        self.listing, self.rows, self.transform, self.with_labels = listing, rows, transform, with_labels
+    Item ``i`` is the image, ``(image, label)`` with ``with_labels``, or ``(row, image, empty)``
+    with ``with_rows`` (the batches of the embedding pipeline, ``cache_builder.embed``).
+    """
+
+    def __init__(self, listing: ImageListing, rows: Any, transform: Callable[[Any], Any], with_labels: bool = False,
+                 with_rows: bool = False) -> None:
+        self.listing, self.rows, self.transform = listing, rows, transform
+        self.with_labels, self.with_rows = with_labels, with_rows
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int):
-        from PIL import Image
-
+    def __getitem__(self, i: int) -> Any:
         row = int(self.rows[i])
         path = os.path.join(self.listing.root, self.listing.paths[row])
         try:
-            with Image.open(path) as img:
-                image = self.transform(img.convert("RGB"))
+            image = self.transform(decode_image(path))
         except OSError as e:
             raise OSError(f"{path}: cannot read image ({e})") from None
+        if self.with_rows:
+            import torch
+
+            return row, image, torch.empty(0)
         return (image, self.listing.labels[row]) if self.with_labels else image
 
 
-def extraction_fingerprint(identity: dict, listings: dict[str, ImageListing]) -> str:
+def extraction_fingerprint(identity: dict[str, Any], listings: dict[str, ImageListing]) -> str:
     """sha256 of the model identity and every split's listing fingerprint."""
     h = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
     for split in SPLITS:
@@ -88,46 +106,25 @@ def extraction_fingerprint(identity: dict, listings: dict[str, ImageListing]) ->
     return h.hexdigest()
 
 
-def _embed(module, loader, device: str, bar=None) -> np.ndarray:
-    import torch
-
-    out = []
-    with torch.inference_mode():
-        for images in loader:
-            if bar is not None:
-                bar.update(len(images))
-            feats = module(images.to(device)).float()
-            if feats.ndim != 2:
-                raise ValueError(f"the model returned features of shape {tuple(feats.shape)}; expected (B, D)")
-            out.append(torch.nn.functional.normalize(feats, dim=1).cpu().numpy())
-    return np.concatenate(out)
-
-
-def extract_split(module, transform, listing: ImageListing, path: str, fingerprint: str, provenance: dict, cfg: FeaturesConfig) -> None:
-    """Write (or resume) one split store."""
-    import torch
-    from torch.utils.data import DataLoader
-
+def extract_split(module: Any, transform: Callable[[Any], Any], listing: ImageListing, path: str, fingerprint: str,
+                  provenance: dict[str, Any], cfg: FeaturesConfig) -> None:
+    """Write (or resume) one split store of L2-normalised features with the embedding pipeline
+    (``cache_builder.embed``; fp32 forward, no autocast: the evaluation protocol)."""
+    from cache_builder.devices import resolve_device
+    from cache_builder.embed import Embedder, StoreRows, embed_shards, progress_bar, shard_loader
     from storage import create_store
 
-    probe = _embed(module, DataLoader(ImageDataset(listing, range(1), transform), batch_size=1), cfg.device)
-    writer = create_store(path, len(listing.paths), probe.shape[1], cfg.dtype, shard_size=cfg.shard_size,
+    device = resolve_device(cfg.device)
+    embedder = Embedder(module, device, amp=False)
+    d = embedder.probe_dim(ImageDataset(listing, [0], transform)[0][None])
+    writer = create_store(path, len(listing.paths), d, cfg.dtype, shard_size=cfg.shard_size,
                           fingerprint=fingerprint, provenance=provenance, exist_ok=not cfg.overwrite, overwrite=cfg.overwrite)
-    labels = np.asarray(listing.labels, dtype=np.int64)
     pending = writer.pending_shards()
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=sum(b - a for a, b in map(writer.shard_rows, pending)), desc=f"features {os.path.basename(path)}", unit="img", dynamic_ncols=True)
-    for shard in pending:
-        start, stop = writer.shard_rows(shard)
-        loader = DataLoader(ImageDataset(listing, range(start, stop), transform), batch_size=cfg.batch_size,
-                            num_workers=cfg.workers, pin_memory=str(cfg.device).startswith("cuda") and torch.cuda.is_available())
-        feats = _embed(module, loader, cfg.device, bar).astype(cfg.dtype)
-        writer.write_shard(shard, feats, index=np.arange(start, stop), labels=labels[start:stop], paths=list(listing.paths[start:stop]))
-    if bar is not None:
-        bar.close()
+    rows = StoreRows(np.arange(len(listing.paths), dtype=np.int64), np.asarray(listing.labels, dtype=np.int64), listing.paths)
+    dataset = ImageDataset(listing, [r for s in pending for r in range(*writer.shard_rows(s))], transform, with_rows=True)
+    loader = shard_loader(dataset, writer, pending, cfg.batch_size, cfg.workers, pin_memory=device.type == "cuda")
+    bar = progress_bar(sum(b - a for a, b in map(writer.shard_rows, pending)), f"features {os.path.basename(path)}", cfg.progress)
+    embed_shards(writer, pending, loader, embedder, rows, bar=bar)
     writer.finalize(provenance=provenance)
 
 
@@ -160,7 +157,7 @@ def extract_features(cfg: FeaturesConfig, resolved=None) -> dict:
     paths = {s: os.path.join(cfg.out, s) for s in SPLITS}
     reused = all(complete_store_matches(p, fingerprint) for p in paths.values())
     if not reused:
-        module = resolved.module.to(cfg.device).eval()
+        module = resolved.module
         provenance = {"model": resolved.identity, "dataset": os.path.abspath(cfg.data), "classes": list(classes),
                       "normalized": "L2", "crop": "center", "source": "compress-eval features"}
         for split in SPLITS:
@@ -171,8 +168,7 @@ def extract_features(cfg: FeaturesConfig, resolved=None) -> dict:
     info = {"out": cfg.out, "fingerprint": fingerprint, "reused": reused, "model": resolved.identity,
             "dataset": os.path.abspath(cfg.data), "split_sizes": {s: len(listings[s].paths) for s in SPLITS},
             "config": asdict(cfg), "wall_time_s": round(time.perf_counter() - start, 3)}
-    with open(os.path.join(cfg.out, "features.json"), "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2, default=str)
+    write_json_atomic(os.path.join(cfg.out, "features.json"), info)
     return info
 
 

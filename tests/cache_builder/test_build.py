@@ -250,7 +250,7 @@ def test_cli_build_info_verify_and_missing_weights(assets, tmp_path, monkeypatch
     res = runner.invoke(main, ["info", "cache"])
     assert "weights_sha256" in res.output and "complete" in res.output
     res = runner.invoke(main, ["build", "--teacher", "nope", "--weights", assets["weights"]])
-    assert res.exit_code == 1 and "known teachers" in res.output
+    assert res.exit_code == 1 and "unknown teacher 'nope'" in res.output and "known: " in res.output
 
 
 def test_decode_gpu_without_cuda_falls_back_to_cpu_and_says_so(assets, tmp_path, caplog) -> None:
@@ -279,3 +279,16 @@ def test_decode_gpu_matches_cpu_decoding(tmp_path) -> None:
     a = storage.open_store(str(tmp_path / "gpu" / "train")).load_all()
     b = storage.open_store(str(tmp_path / "cpu" / "train")).load_all()
     assert (a * b).sum(axis=1).min() > 0.98  # GPU JPEG decoding and resizing differ slightly from PIL
+
+
+def test_build_records_each_files_size_and_mtime_before_reading(assets, tmp_path) -> None:
+    """Defect 6 (stage 2 only compared paths): every store carries each image's (size, mtime_ns)
+    in column image_list.IDENTITY_COLUMN, for load_targets to compare."""
+    from cache_builder import image_list
+
+    build_cache(_cfg(assets, tmp_path / "c", splits=("val",)))
+    store = storage.open_store(str(tmp_path / "c" / "val"))
+    recorded = store.load_column(image_list.IDENTITY_COLUMN)
+    listing = discover_splits(assets["data"])["val"]
+    expected = [(os.stat(listing.absolute(i)).st_size, os.stat(listing.absolute(i)).st_mtime_ns) for i in range(len(listing))]
+    assert recorded.tolist() == [list(e) for e in expected]

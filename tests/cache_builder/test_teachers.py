@@ -33,6 +33,11 @@ def test_every_registry_entry_builds_with_its_dim(name: str) -> None:
     assert tuple(out.shape) == (2, spec.embed_dim)
     assert spec.layouts and spec.drop
     assert spec.eval_transform() is not None
+    from cache_builder import architectures
+
+    # the counts list-teachers prints come from the spec: they must be those of the network
+    assert spec.params == architectures.count_parameters(model)
+    assert spec.gflops == pytest.approx(architectures.gflops(model, 224), abs=0.01)
 
 
 def test_registry_values() -> None:
@@ -49,6 +54,26 @@ def test_registry_values() -> None:
 def test_unknown_teacher_lists_known_names() -> None:
     with pytest.raises(teachers.UnknownTeacherError, match="simclr_r50x4.*moco_v2_r50"):
         teachers.get_teacher_spec("simclr_r50x8")
+    with pytest.raises(teachers.UnknownTeacherError, match="did you mean 'moco_v2_r50'"):
+        teachers.get_teacher_spec("moco_v2_r5O")
+    from storage.errors import CompressError
+
+    assert issubclass(teachers.UnknownTeacherError, CompressError) and issubclass(teachers.MissingWeightsError, CompressError)
+    assert issubclass(CheckpointError, CompressError)
+
+
+def test_torchvision_headless_is_the_one_head_stripping() -> None:
+    from cache_builder.architectures import headless_dim, torchvision_headless
+    from storage.errors import UsageError
+
+    model, dropped = torchvision_headless("resnet18")
+    assert dropped == ("fc.",) and isinstance(model.fc, torch.nn.Identity) and headless_dim("resnet18") == 512
+    alex, dropped = torchvision_headless("alexnet", penultimate=True)  # the reference's fc7 student
+    assert dropped == ("classifier.6.",) and len(alex.classifier) == 6
+    assert headless_dim("alexnet", penultimate=True) == 4096 and headless_dim("alexnet") == 9216
+    assert headless_dim("mobilenet_v2") == 1280 and headless_dim("resnet18", "layer3") == 256
+    with pytest.raises(UsageError, match="did you mean 'resnet18'"):
+        torchvision_headless("resnet81")
 
 
 LAYOUT_CASES = {
@@ -255,6 +280,25 @@ def test_cli_list_teachers_prints_every_entry() -> None:
         assert name in res.output
     line = next(l for l in res.output.splitlines() if l.startswith("simclr_r50x4 "))
     assert "8192" in line and "375.4M" in line and "simclr_tf" in line
+
+
+def test_cli_list_teachers_builds_no_network(monkeypatch) -> None:
+    """It used to build every network to count parameters (5-8 s): the counts are in the specs."""
+    from click.testing import CliRunner
+
+    from cache_builder.cli import main
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("list-teachers built a network")
+
+    monkeypatch.setattr(torch.nn.Conv2d, "__init__", no_build)
+    monkeypatch.setattr(teachers, "build_meta", no_build)
+    res = CliRunner().invoke(main, ["list-teachers"])
+    assert res.exit_code == 0, res.output
+    for name in teachers.teacher_names():
+        assert name in res.output
+    line = next(l for l in res.output.splitlines() if l.startswith("simclr_r50x4 "))
+    assert "375.4M" in line and "128.0" in line
 
 
 def test_permuted_tf_kernels_are_made_contiguous(ref, tmp_path) -> None:
