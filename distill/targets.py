@@ -23,12 +23,13 @@ from cache_builder.image_list import ImageList, discover_splits
 from distill.data import check_crops
 from storage import Store, open_store
 from storage.cache_layout import split_store_paths
+from storage.errors import CompressError
 
 log = logging.getLogger(__name__)
 CROPS_COLUMN = "crops"  # written by cache_builder.build for multi-view caches
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(CompressError, ValueError):
     """The cache does not describe the images of ``--data`` in the same order."""
 
 
@@ -135,19 +136,21 @@ def training_listing(store: Store, listing: ImageList, data: str) -> tuple[Image
     return images, skipped
 
 
-def load_targets(cache: str, data: str, device: torch.device, shared: bool = False) -> TeacherTargets:
+def load_targets(cache: str, data: str, device: torch.device, shared: bool = False, trust_data: bool = False) -> TeacherTargets:
     """Open the train store of ``cache``, check it matches ``data``, load all rows once.
 
     Args:
         shared: memory-map one node-wide copy (for several DDP ranks on one node) instead of
             a private copy per process.
+        trust_data: skip the check that the images are unchanged since the cache was built
+            (``--trust-data``; the content check itself belongs to the listing comparison).
     """
     store = open_store(train_store_path(cache))
     store.require_complete("distillation")
     crops = None
     if store.views is not None:
         if CROPS_COLUMN not in store.manifest.columns:
-            raise ValueError(f"{store.path}: a {store.views}-view cache without a {CROPS_COLUMN!r} column; the student "
+            raise CacheMismatchError(f"{store.path}: a {store.views}-view cache without a {CROPS_COLUMN!r} column; the student "
                              "cannot be given the crops the teacher saw. Rebuild it with compress-cache build --views.")
         crops = check_crops(store.load_column(CROPS_COLUMN), store.n, store.views, store.path)
     images, skipped = training_listing(store, discover_splits(data)["train"], data)

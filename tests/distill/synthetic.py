@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from cache_builder.image_list import discover_splits
-from distill.engine import DistillConfig
+from distill.config import DistillConfig
 from storage import create_store
 
 CLASSES = ("a", "b", "c", "d")

@@ -13,9 +13,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from distill import distributed as D
+from cache_builder import distributed as D
 from distill.checkpoint import load_checkpoint
-from distill.engine import DistillConfig, RunMismatchError, run
+from distill.engine import DistillConfig, run
+from distill.run_identity import RunMismatchError
 from distill.export import export_student
 from distill.sampler import EpochBatchSampler
 from distill.students import build_student
