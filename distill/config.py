@@ -181,9 +181,11 @@ def resolve_config(cfg: DistillConfig) -> DistillConfig:
     (``milestones()``). Raises ``UsageError``/``StoreError`` before any file is written."""
     from storage import open_store
 
+    from distill.students import get_student_spec
     from distill.targets import train_store_path
 
     cfg.validate()
+    get_student_spec(cfg.student)  # an unknown name fails here, with suggestions
     store = open_store(train_store_path(cfg.cache))
     changes: dict[str, Any] = {"lr_steps": cfg.milestones()}
     if cfg.data is None:
