@@ -4,7 +4,7 @@ Reuses the demo's data and teacher cache (``compress-demo --out OUT`` builds the
 script builds them too if missing), distils one student per setting with everything else at
 the demo's defaults, and reports the student's val kNN accuracy (CompRess protocol: NN and
 kNN-20, L2 on L2-normalised features) next to the teacher's, as the paper's ablation tables
-do (DESIGN.md section 2: bigger bank better, tau = 0.04 best).
+do (docs/distill.md: bigger bank better, tau = 0.04 best).
 
     python bench/ablation.py --out runs/ablation --train-per-class 500 --val-per-class 100 --epochs 15   # CPU
     python bench/ablation.py --out runs/demo-full --full     # GPU: all 60k/10k

@@ -52,7 +52,8 @@ def run(variant: str | None, **params: Any) -> None:
     120/130 of the run). The resolved schedule is printed at the start and saved in
     OUT/config.json.
     """
-    from distill.engine import resolve_config, run as run_engine
+    from distill.engine import resolve_config
+    from distill.engine import run as run_engine
 
     chosen = variant or ("1q" if params.get("bank") == "static-faiss" else _DEFAULT_VARIANT)
     resolved = resolve_config(config_from_params(DistillConfig, params, variant=chosen))

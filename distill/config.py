@@ -179,10 +179,9 @@ def resolve_config(cfg: DistillConfig) -> DistillConfig:
     """Validate ``cfg`` and fill what follows from the cache and the run: ``data`` (the cache
     manifest's data root), ``out`` (``./runs/<student>-from-<teacher>``) and ``lr_steps``
     (``milestones()``). Raises ``UsageError``/``StoreError`` before any file is written."""
-    from storage import open_store
-
     from distill.students import get_student_spec
     from distill.targets import train_store_path
+    from storage import open_store
 
     cfg.validate()
     get_student_spec(cfg.student)  # an unknown name fails here, with suggestions

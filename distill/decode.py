@@ -14,6 +14,7 @@ CUDA training device ``--decode gpu`` falls back to CPU decoding with a logged m
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 from PIL import Image
 

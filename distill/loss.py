@@ -1,4 +1,4 @@
-"""The CompRess loss as pure tensor functions (DESIGN.md section 2).
+"""The CompRess loss as pure tensor functions (docs/distill.md, "Method").
 
 For a batch of B queries and a bank of N anchors (all L2-normalised):
 

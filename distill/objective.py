@@ -1,11 +1,11 @@
 """The CompRess objective as a module: banks (persistent buffers) + the pure loss.
 
-Variants (DESIGN.md section 2):
+Variants (docs/distill.md, "Method"):
 
 * ``2q``: a teacher bank of teacher embeddings and a student bank of student embeddings of
   the *same* images, so anchor ``j`` describes one image in both spaces.
 * ``2q-momentum``: as ``2q``, but the student bank is filled by an EMA copy of the student
-  (the key student, owned by the engine) — the reference code's default.
+  (the key student, owned by the trainer) — the reference code's default.
 * ``1q``: one teacher bank; the student embedding goes through a linear projection to the
   teacher's dimension and is compared with the teacher bank (``a_j^s = a_j^t``). The
   projection is dropped at export.

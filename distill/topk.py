@@ -1,7 +1,7 @@
 """Exact, deterministic blockwise top-k search with a running merge (memory stays bounded).
 
 Shared by ``distill.neighbours`` (teacher neighbour tables) and ``evaluate.knn``; it lives in
-``distill`` because ``evaluate`` may import ``distill`` but not the other way (DESIGN.md section 1).
+``distill`` because ``evaluate`` may import ``distill`` but not the other way (docs/architecture.md).
 
 Neighbours are ordered by score (higher is nearer), ties by the smaller database index. This
 total order makes every backend (torch on CPU/GPU, FAISS) return the same neighbours, ties

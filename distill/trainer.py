@@ -100,7 +100,7 @@ class Trainer:
         params = list(self.student.parameters()) + list(self.objective.parameters())
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
         if cfg.compile:
-            self.model = torch.compile(self.model)
+            self.model = torch.compile(self.model)  # type: ignore[assignment]
         self.sampler = EpochBatchSampler(n, cfg.batch_size, cfg.seed, D.rank(), self.world)
         self.global_batch = self.sampler.global_batch
         self.steps_per_epoch = self.sampler.steps_per_epoch

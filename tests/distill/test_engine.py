@@ -15,8 +15,8 @@ import torch
 
 from distill import metrics, precision, trainer
 from distill.engine import run
-from distill.run_identity import RunMismatchError
 from distill.export import export_student, load_student
+from distill.run_identity import RunMismatchError
 from distill.targets import CacheMismatchError
 from tests.conftest import REPO_ROOT
 from tests.distill.synthetic import agreements, losses, make_cache, make_images, tiny

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from distill.engine import resolve_config, run
-from distill.trainer import build_trainer
 from distill.targets import TeacherTargets, fits_on_device
+from distill.trainer import build_trainer
 from tests.distill.synthetic import agreements, losses, make_cache, make_images, tiny
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
