@@ -27,7 +27,6 @@ a 128-d head, and the paper's ResNet-50 student of ResNet-50x4 with an 8192-d he
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import statistics
 import sys
@@ -40,40 +39,29 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.knn import cpu_name  # noqa: E402
-from distill.engine import DistillConfig, QueryNetwork, Trainer, resolve_bank_dtype  # noqa: E402
-from distill.objective import CompRessObjective  # noqa: E402
-from distill.students import build_student  # noqa: E402
+from cache_builder.image_list import ImageList  # noqa: E402
+from distill.config import DistillConfig  # noqa: E402
+from distill.precision import dtype_name, resolve_bank_dtype  # noqa: E402
 from distill.targets import TeacherTargets  # noqa: E402
+from distill.trainer import Trainer, build_trainer  # noqa: E402
 
 
 def make_trainer(student_name: str, teacher_dim: int, student_dim: int, bank: int, cache_rows: int, variant: str,
-                 device: torch.device, seed: int = 0, bank_dtype: torch.dtype | None = None) -> Trainer:
-    """A ``Trainer`` holding the real engine pieces (student, key student, objective, targets,
-    optimizer) on synthetic cached rows, without a cache or images on disk."""
+                 device: torch.device, seed: int = 0, bank_dtype: torch.dtype | None = None, batch_size: int = 64) -> Trainer:
+    """The engine's ``Trainer`` (``build_trainer``: student, key student, objective, optimizer) on
+    synthetic cached rows, without a cache or images on disk; its banks filled with random rows."""
     g = torch.Generator().manual_seed(seed)
-    cfg = DistillConfig(student=student_name, dim=student_dim, variant=variant, bank_size=bank, momentum=0.999)
-    tr = Trainer.__new__(Trainer)
-    tr.cfg, tr.device = cfg, device
+    cfg = DistillConfig(student=student_name, dim=student_dim, variant=variant, bank_size=bank, momentum=0.999, seed=seed,
+                        batch_size=batch_size, device=str(device),
+                        bank_dtype="auto" if bank_dtype is None else dtype_name(bank_dtype))  # auto: as the engine
     emb = F.normalize(torch.randn(cache_rows, teacher_dim, generator=g), dim=1).half()
-    tr.targets = TeacherTargets(store=None, images=None, embeddings=emb.to(device))  # type: ignore[arg-type]
-    tr.student = build_student(student_name, student_dim).to(device)
+    images = ImageList("synthetic", tuple(f"{i}.png" for i in range(cache_rows)), (0,) * cache_rows, ("synthetic",))
+    tr = build_trainer(cfg, TeacherTargets(store=None, images=images, embeddings=emb.to(device)))  # type: ignore[arg-type]
     if device.type == "cuda":
         tr.student = tr.student.to(memory_format=torch.channels_last)
-    if bank_dtype is None:
-        bank_dtype = resolve_bank_dtype("auto", device)  # as the engine
-    tr.objective = CompRessObjective(variant, teacher_dim, student_dim, bank, cfg.t_teacher, cfg.t_student, bank_dtype).to(device)
-    tr.model = QueryNetwork(tr.student, tr.objective.projection)  # what the engine trains (and DDP wraps)
-    tr.key_student = None
-    if tr.objective.uses_key_student:
-        tr.key_student = copy.deepcopy(tr.student)
-        for p in tr.key_student.parameters():
-            p.requires_grad_(False)
-    params = list(tr.student.parameters()) + list(tr.objective.parameters())
-    tr.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
     rows = torch.randperm(cache_rows, generator=g)[:bank]
     key = F.normalize(torch.randn(bank, student_dim, generator=g), dim=1)
     tr.objective.fill(tr.targets.gather(rows.to(device)), None if tr.objective.student_bank is None else key.to(device), rows.to(device))
-    tr.global_step = 0
     return tr
 
 
@@ -183,7 +171,8 @@ def bench_pair(pair: str, args: argparse.Namespace, device: torch.device) -> dic
     student = parts[2] if len(parts) == 3 else args.student
     cache_rows = max(args.cache_rows, args.bank + args.batch_size)
     bank_dtype = None if args.bank_dtype == "engine" else getattr(torch, args.bank_dtype)
-    tr = make_trainer(student, teacher_dim, student_dim, args.bank, cache_rows, args.variant, device, bank_dtype=bank_dtype)
+    tr = make_trainer(student, teacher_dim, student_dim, args.bank, cache_rows, args.variant, device, bank_dtype=bank_dtype,
+                      batch_size=args.batch_size)
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randint(0, 256, (args.batch_size, 3, args.input_size, args.input_size), dtype=torch.uint8, generator=g),
                 torch.randperm(cache_rows, generator=g)[:args.batch_size]) for _ in range(args.steps)]

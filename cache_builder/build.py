@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 import storage
-from cache_builder import dist
+from cache_builder import distributed as dist
 from cache_builder.build_config import BuildConfig, BuildError, default_workers
 from cache_builder.dataset import ImageDataset, collate_raw, scan_bad_images
 from cache_builder.devices import resolve_device

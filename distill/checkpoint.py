@@ -1,33 +1,54 @@
-"""Atomic checkpoint files, loaded with ``weights_only=True`` (checkpoints are untrusted input)."""
+"""Run checkpoints: written atomically, loaded with ``weights_only=True`` (checkpoints are untrusted
+input), their ``format`` checked (an unknown one is refused, not guessed at).
+
+A checkpoint (``RUN_DIR/checkpoint.pt``) is a dict: ``format`` (``FORMAT``), ``fingerprint`` and
+``identity`` (``distill.run_identity``), ``config`` (JSON of the resolved ``DistillConfig``),
+``student_name``, the state dicts ``student``, ``key_student``, ``objective``, ``optimizer``,
+``rng`` (every rank's random states, ``capture_rng_state``), ``world_size``, ``epoch``,
+``step_in_epoch``, ``global_step``, ``finished``, ``teacher``, ``input_size``.
+"""
 
 from __future__ import annotations
 
-import os
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import torch
 
+from storage.atomic import write_atomic
+from storage.errors import CompressError
 
-def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """``write(file)`` to a temporary name, fsync, rename: a kill leaves the old file or the new one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+CHECKPOINT = "checkpoint.pt"
+FORMAT = "compress-distill-checkpoint/3"
 
 
-def save_atomic(obj: dict[str, Any], path: str) -> None:
-    """``torch.save`` ``obj`` to ``path`` atomically (``write_atomic``)."""
+class CheckpointError(CompressError, ValueError):
+    """A checkpoint file is unreadable or of an unknown format."""
+
+
+def save_atomic(obj: Any, path: str) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically (``storage.atomic.write_atomic``)."""
     write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
+    """The run checkpoint at ``path``; ``CheckpointError`` if unreadable or not of ``FORMAT``."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from None
+    found = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if found != FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {found!r}, this version reads {FORMAT!r}; "
+                              "start the run over (--fresh) or use the version that wrote it")
+    return ckpt
+
+
+def load_weights(path: str) -> Any:
+    """A plain ``torch.save``d object (an exported state dict), loaded with ``weights_only=True``."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-        raise ValueError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: not a loadable weights file ({type(e).__name__}: {e})") from None
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -8,16 +8,15 @@ resizes (bilinear, antialiased) and flips on the GPU (``GpuViewDecoder``). Non-J
 decoded on the CPU one by one and moved to the GPU. GPU decoding and resizing give slightly
 different pixels from PIL, so the decoder that runs is part of the run's fingerprint. Without a
 CUDA training device ``--decode gpu`` falls back to CPU decoding with a logged message
-(``distill.engine.resolve_decode``), which gives exactly the ``--decode cpu`` batches.
+(``distill.precision.resolve_decode``), which gives exactly the ``--decode cpu`` batches.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 from PIL import Image
-
-DECODERS = ("cpu", "gpu")
 
 
 @dataclass

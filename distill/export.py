@@ -11,7 +11,9 @@ classifier up to fc7)::
 
 Sidecar keys: ``architecture``, ``student``, ``feature_dim``, ``image_size``,
 ``eval_transform`` (recipe for ``distill.students.build_eval_transform``), ``teacher``,
-``cache_fingerprint``, ``run_fingerprint``, ``epochs``, ``steps``.
+``cache``, ``run_fingerprint``, ``finished``, ``epochs`` (epochs completed), ``epoch``,
+``steps``, ``dim``. ``export_student`` refuses a run that has not finished unless
+``allow_unfinished`` (``--allow-unfinished``).
 """
 
 from __future__ import annotations
@@ -23,15 +25,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.checkpoint import load_checkpoint, save_atomic
-from distill.engine import CHECKPOINT
+from distill.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, load_weights, save_atomic
 from distill.students import build_student, eval_transform_recipe, get_student_spec
+from storage.atomic import write_json_atomic
+from storage.errors import CompressError
+
+
+class UnfinishedRunError(CompressError):
+    """Export of a run that has not trained all its epochs, without ``--allow-unfinished``."""
 
 
 def _checkpoint_path(run_dir: str) -> str:
     path = os.path.join(run_dir, CHECKPOINT)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{run_dir}: no {CHECKPOINT} (not a compress-distill run directory?)")
+        raise CheckpointError(f"{run_dir}: no {CHECKPOINT} (not a compress-distill run directory?)")
     return path
 
 
@@ -47,15 +54,26 @@ def _metadata(ckpt: dict[str, Any]) -> dict[str, Any]:
         "teacher": ckpt.get("teacher", "unknown"),
         "cache": config.get("cache"),
         "run_fingerprint": ckpt["fingerprint"],
+        "finished": bool(ckpt["finished"]),
         "epochs": int(ckpt["epoch"]),
+        "epoch": int(ckpt["epoch"]),
         "steps": int(ckpt["global_step"]),
         "dim": int(config["dim"]),
     }
 
 
-def export_student(run_dir: str, out: str) -> dict[str, Any]:
-    """Write ``out`` (backbone state dict) and its ``.json`` sidecar; returns the sidecar."""
+def export_student(run_dir: str, out: str, allow_unfinished: bool = False) -> dict[str, Any]:
+    """Write ``out`` (backbone state dict) and its ``.json`` sidecar; returns the sidecar.
+
+    Raises:
+        UnfinishedRunError: the run has not trained all its epochs and not ``allow_unfinished``.
+    """
     ckpt = load_checkpoint(_checkpoint_path(run_dir))
+    if not ckpt["finished"] and not allow_unfinished:
+        total = json.loads(ckpt["config"])["epochs"]
+        raise UnfinishedRunError(
+            f"{run_dir}: the run is unfinished (epoch {ckpt['epoch']} of {total}, step {ckpt['global_step']}, "
+            f"{ckpt['step_in_epoch']} steps into epoch {ckpt['epoch'] + 1}); rerun it to finish, or pass --allow-unfinished")
     prefix = "backbone."
     state = {k[len(prefix):]: v for k, v in ckpt["student"].items() if k.startswith(prefix)}
     state = {k.removeprefix("module."): v for k, v in state.items()}
@@ -73,11 +91,13 @@ def export_untrained(student: str, dim: int, input_size: int | None, out: str, s
     meta = {
         "architecture": spec.architecture, "student": spec.name, "feature_dim": spec.feature_dim, "image_size": size,
         "eval_transform": eval_transform_recipe(spec, size), "teacher": "none (untrained)", "cache": None,
-        "run_fingerprint": None, "epochs": 0, "steps": 0, "dim": int(dim), "seed": int(seed),
+        "run_fingerprint": None, "finished": False, "epochs": 0, "epoch": 0, "steps": 0, "dim": int(dim), "seed": int(seed),
     }
-    if os.path.isfile(out) and os.path.isfile(sidecar_path(out)) and json.load(open(sidecar_path(out))) == meta:
-        return meta
-    torch.manual_seed(seed)  # as distill.engine.Trainer does before building the student
+    if os.path.isfile(out) and os.path.isfile(sidecar_path(out)):
+        with open(sidecar_path(out)) as f:
+            if json.load(f) == meta:
+                return meta
+    torch.manual_seed(seed)  # as distill.trainer.Trainer does before building the student
     _write_export(build_student(student, dim).backbone.state_dict(), meta, out)
     return meta
 
@@ -86,9 +106,7 @@ def _write_export(state: dict[str, torch.Tensor], meta: dict[str, Any], out: str
     """``out`` (backbone state dict, atomically) and its ``.json`` sidecar."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     save_atomic(state, out)
-    with open(sidecar_path(out) + ".tmp", "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(sidecar_path(out) + ".tmp", sidecar_path(out))
+    write_json_atomic(sidecar_path(out), meta)
 
 
 def sidecar_path(weights: str) -> str:
@@ -107,11 +125,12 @@ def load_student(path: str) -> tuple[nn.Module, dict[str, Any]]:
     else:
         side = sidecar_path(path)
         if not os.path.isfile(side):
-            raise FileNotFoundError(f"{path}: the export's sidecar {side} is missing (it says which architecture to build)")
-        meta = json.load(open(side))
+            raise CheckpointError(f"{path}: the export's sidecar {side} is missing (it says which architecture to build)")
+        with open(side) as f:
+            meta = json.load(f)
         backbone = get_student_spec(meta["student"]).builder()
-        state = load_checkpoint(path)
+        state = load_weights(path)
         missing, unexpected = backbone.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"{path}: does not fit {meta['student']}: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+            raise CheckpointError(f"{path}: does not fit {meta['student']}: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     return backbone.eval(), meta

@@ -7,7 +7,7 @@ instead of a FIFO queue of recent batches.
 On disk, next to the cache's split stores (``CACHE/neighbours-k{K}/``)::
 
     neighbours.json        manifest: format, K, N, D, block size, fingerprint of the cache
-                           (shard checksums), backend, complete flag; rewritten atomically
+                           (Store.content_fingerprint), backend, complete flag; rewritten atomically
     block-00000.npy ...    partial results, one per block of query rows, each written
                            atomically (temp name + rename); deleted once the table is complete
     neighbours.npy         (N, K) int32, written atomically when all blocks are done
@@ -21,7 +21,6 @@ clears it and starts over), never mixed with new blocks.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,21 +30,25 @@ from typing import Any, Callable
 
 import numpy as np
 
-from distill.checkpoint import write_atomic
 from distill.topk import search
-from storage import Store, open_store
-from storage.atomic import fsync_dir
+from storage import open_store
+from storage.atomic import write_atomic
+from storage.errors import CompressError, UsageError
 from storage.location import resolve_location
 
 log = logging.getLogger(__name__)
-FORMAT = "compress-neighbours/1"
+FORMAT = "compress-neighbours/2"  # 2: the cache fingerprint is Store.content_fingerprint()
 MANIFEST = "neighbours.json"
 TABLE = "neighbours.npy"
 FAISS_GPU_MAX_K = 2048  # faiss-gpu's k-selection limit
 
 
-class NeighboursMismatchError(ValueError):
+class NeighboursMismatchError(CompressError, ValueError):
     """The neighbour table on disk was computed from another cache (or with other settings)."""
+
+
+class NeighboursMissingError(CompressError, FileNotFoundError):
+    """No complete neighbour table for this cache and K."""
 
 
 @dataclass(frozen=True)
@@ -66,16 +69,6 @@ def neighbour_dir(store_path: str, k: int) -> str:
     """``CACHE/neighbours-k{K}`` for the train store ``CACHE/train`` (beside the split stores)."""
     parent = os.path.dirname(os.path.abspath(store_path.rstrip("/")))
     return os.path.join(parent, f"neighbours-k{k}")
-
-
-def cache_fingerprint(store: Store) -> str:
-    """Identity of the cached rows: N, D, dtype and every shard's checksum."""
-    h = hashlib.sha256(f"{store.n}x{store.d}:{store.manifest.dtype}".encode())
-    for rec in store.manifest.shards:
-        if rec.checksum is None:
-            raise ValueError(f"{store.path}: shard {rec.shard_id} has no checksum (incomplete store)")
-        h.update(str(rec.checksum).encode())
-    return h.hexdigest()[:24]
 
 
 def choose_backend(k: int) -> tuple[str, str]:
@@ -114,7 +107,6 @@ def _block_name(b: int) -> str:
 
 def _save_npy_atomic(path: str, array: np.ndarray) -> None:
     write_atomic(path, lambda f: np.save(f, array))
-    fsync_dir(os.path.dirname(path))
 
 
 def _read_manifest(directory: str) -> dict[str, Any] | None:
@@ -182,26 +174,26 @@ def compute_neighbours(
     Returns:
         The complete table.
     Raises:
-        ValueError: ``k`` out of range; NeighboursMismatchError: a table of another cache
+        UsageError: ``k`` out of range or a multi-view cache; NeighboursMismatchError: a table of another cache
         exists and ``recompute`` is False.
     """
     store = open_store(cache_store)
     store.require_complete("computing neighbours")
     n, dim = store.n, store.d
     if store.views is not None:
-        raise ValueError(f"{store.path}: multi-view caches are not supported by the neighbour table")
+        raise UsageError(f"{store.path}: multi-view caches are not supported by the neighbour table")
     if not 1 <= k < n:
-        raise ValueError(f"--neighbours/--k must be in [1, {n - 1}] for {store.path} ({n} rows), got {k}")
+        raise UsageError(f"--neighbours/--k must be in [1, {n - 1}] for {store.path} ({n} rows), got {k}")
     if block_rows < 1:
-        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+        raise UsageError(f"block_rows must be >= 1, got {block_rows}")
     rank, world = shard
     if not 0 <= rank < world:
-        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+        raise UsageError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
     if world > 1 and barrier is None:
-        raise ValueError("computing neighbours on several processes needs a barrier")
+        raise UsageError("computing neighbours on several processes needs a barrier")
     wait = barrier or (lambda: None)
     directory = neighbour_dir(store.path, k)
-    wanted = {"format": FORMAT, "k": k, "n": n, "dim": dim, "block_rows": block_rows, "fingerprint": cache_fingerprint(store),
+    wanted = {"format": FORMAT, "k": k, "n": n, "dim": dim, "block_rows": block_rows, "fingerprint": store.content_fingerprint(),
               "cache": store.path, "metric": "ip", "complete": False}
     # every rank reads and checks the same files, so a refusal is raised on all of them alike
     # (no rank is left waiting at a barrier); only rank 0 writes
@@ -253,20 +245,17 @@ def _assemble(directory: str, wanted: dict[str, Any], backend: str, n: int, k: i
               seconds: float) -> None:
     """Join the blocks into ``neighbours.npy`` (atomically), mark the manifest complete and
     delete the blocks, in that order (a kill at any point leaves a resumable directory)."""
-    table_path = os.path.join(directory, TABLE)
-    tmp = f"{table_path}.tmp-{os.getpid()}"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=(n, k))
-    for b in range(num_blocks):
-        part = np.load(os.path.join(directory, _block_name(b)))
-        if part.shape != (min(n, (b + 1) * block_rows) - b * block_rows, k):
-            raise ValueError(f"{directory}/{_block_name(b)}: shape {part.shape} does not fit block {b} of ({n}, {k})")
-        out[b * block_rows:b * block_rows + part.shape[0]] = part
-    out.flush()
-    del out
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, table_path)
-    fsync_dir(directory)
+    def write(f: Any) -> None:  # the .npy header, then the blocks' rows in order (one block in memory at a time)
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int32)),
+                                                 "fortran_order": False, "shape": (n, k)})
+        for b in range(num_blocks):
+            part = np.load(os.path.join(directory, _block_name(b)))
+            if part.shape != (min(n, (b + 1) * block_rows) - b * block_rows, k):
+                raise NeighboursMismatchError(f"{directory}/{_block_name(b)}: shape {part.shape} does not fit block {b} of ({n}, {k}); "
+                                              "pass --recompute")
+            f.write(np.ascontiguousarray(part, dtype=np.int32).tobytes())
+
+    write_atomic(os.path.join(directory, TABLE), write)
     _write_manifest(directory, {**wanted, "backend": backend, "complete": True, "seconds": round(seconds, 3)})
     for b in range(num_blocks):
         os.remove(os.path.join(directory, _block_name(b)))
@@ -276,15 +265,15 @@ def load_neighbours(cache_store: str, k: int, mmap: bool = False) -> NeighbourTa
     """The complete table of ``cache_store`` for ``k``, checked against the cache.
 
     Raises:
-        FileNotFoundError: no complete table (run ``compress-distill neighbours``).
+        NeighboursMissingError: no complete table (run ``compress-distill neighbours``).
         NeighboursMismatchError: the table was computed from another cache.
     """
     store = open_store(cache_store)
     directory = neighbour_dir(store.path, k)
     manifest = _read_manifest(directory)
     if manifest is None or not manifest.get("complete"):
-        raise FileNotFoundError(f"{directory}: no complete neighbour table for k = {k}; run compress-distill neighbours --cache ... --k {k}")
-    _check(manifest, {**manifest, "fingerprint": cache_fingerprint(store), "k": k, "n": store.n, "dim": store.d, "cache": store.path}, directory)
+        raise NeighboursMissingError(f"{directory}: no complete neighbour table for k = {k}; run compress-distill neighbours --cache ... --k {k}")
+    _check(manifest, {**manifest, "fingerprint": store.content_fingerprint(), "k": k, "n": store.n, "dim": store.d, "cache": store.path}, directory)
     path = os.path.join(directory, TABLE)
     rows = np.load(path, mmap_mode="r" if mmap else None)
     if rows.shape != (store.n, k) or rows.dtype != np.int32:
@@ -298,5 +287,5 @@ def ensure_neighbours(cache_store: str, k: int, **kw: Any) -> NeighbourTable:
     processes). A table of another cache is refused, not recomputed."""
     try:
         return load_neighbours(cache_store, k)
-    except FileNotFoundError:
+    except NeighboursMissingError:
         return compute_neighbours(cache_store, k, **kw)

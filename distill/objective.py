@@ -5,7 +5,7 @@ Variants (docs/distill.md, "Method"):
 * ``2q``: a teacher bank of teacher embeddings and a student bank of student embeddings of
   the *same* images, so anchor ``j`` describes one image in both spaces.
 * ``2q-momentum``: as ``2q``, but the student bank is filled by an EMA copy of the student
-  (the key student, owned by the engine) — the reference code's default.
+  (the key student, owned by the trainer) — the reference code's default.
 * ``1q``: one teacher bank; the student embedding goes through a linear projection to the
   teacher's dimension and is compared with the teacher bank (``a_j^s = a_j^t``). The
   projection is dropped at export.
@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.config import VARIANTS
 from distill.loss import MASKED_LOGIT, compress_loss, similarity_logits
 from distill.memory_bank import MemoryBank
-
-VARIANTS = ("2q", "2q-momentum", "1q")
+from storage.errors import UsageError, unknown_name
 
 
 def normalised_query(student_embeddings: torch.Tensor, projection: nn.Module | None) -> torch.Tensor:
@@ -58,7 +58,7 @@ class CompRessObjective(nn.Module):
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+            raise UsageError("--variant: " + unknown_name("variant", variant, VARIANTS))
         self.variant = variant
         self.t_teacher = float(t_teacher)
         self.t_student = float(t_student)
@@ -140,3 +140,21 @@ class CompRessObjective(nn.Module):
             if key_embeddings is None:
                 raise ValueError(f"variant {self.variant} needs student embeddings to fill the student bank")
             self.student_bank.fill(F.normalize(key_embeddings.float(), dim=1).to(self.student_bank.anchors.dtype), row_ids)
+
+
+class QueryNetwork(nn.Module):
+    """The trained parameters as one module, which is what DDP wraps (so the 1q projection's
+    gradients are all-reduced with the student's).
+
+    ``forward``: normalised images ``(B, 3, S, S)`` -> ``(head output (B, D_s), L2-normalised
+    query (B, D_q))`` with ``D_q = D_t`` through the 1q projection, else ``D_s``.
+    """
+
+    def __init__(self, student: nn.Module, projection: nn.Module | None) -> None:
+        super().__init__()
+        self.student = student
+        self.projection = projection
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.student(x)
+        return out, normalised_query(out, self.projection)

@@ -20,7 +20,7 @@ projection to D_t (as ``1q``; dropped at export):
 teacher logits t_i . t_j / tau_t, student logits normalise(W s_i + b) . t_j / tau_s, loss
 ``distill.loss.static_support_loss`` (KL over the support).
 
-The module has the engine's bank-strategy interface of ``CompRessObjective``: ``forward``,
+The module has the trainer's bank-strategy interface of ``CompRessObjective``: ``forward``,
 ``query_loss``, ``student_query``, ``projection``, ``enqueue`` (here: advance the step counter), ``student_bank`` (None) and
 ``uses_key_student`` (False). Its state (projection, step counter) is in the state dict.
 """
@@ -58,7 +58,7 @@ class StaticSupportObjective(nn.Module):
         random_anchors: R >= 0 shared random anchors per step.
         t_teacher, t_student: temperatures.
         seed: seeds the random anchors (with the step number).
-        compute_dtype: matmul precision of the support logits (the engine's bank precision).
+        compute_dtype: matmul precision of the support logits (the run's bank precision, distill.precision).
         tail_correction: weight the random anchors as a sample of the whole split (above).
     """
 

@@ -3,6 +3,7 @@
 A student is ``backbone -> linear head to dim``; the backbone maps a normalised image batch
 ``(B, 3, H, W)`` to features ``(B, F)``; only the backbone is exported. Any torchvision
 classification model name not in the registry works too (its classifier becomes the head).
+``list_students`` describes the registry (parameters and GFLOPs counted on the meta device).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from cache_builder.architectures import count_parameters, gflops, torchvision_headless
 from cache_builder.transforms import IMAGENET_MEAN, IMAGENET_STD
+from storage.errors import UsageError, unknown_name
 
 
 @dataclass(frozen=True)
@@ -25,8 +28,9 @@ class StudentSpec:
         architecture: torchvision function name (or ``tiny_cnn``).
         feature_dim: F, the backbone's output dimension.
         input_size: default training/eval crop size.
-        classifier_attr: attribute holding the classifier that becomes Identity.
         builder: returns the backbone ``nn.Module`` (already headless).
+        parameters, gflops: the backbone's parameter count and forward GFLOPs at ``input_size``
+            (cached for ``list-students``; a test recounts them on the meta device); None when unknown.
     """
 
     name: str
@@ -36,30 +40,45 @@ class StudentSpec:
     builder: Callable[[], nn.Module]
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    parameters: int | None = None
+    gflops: float | None = None
 
 
-class TinyCNN(nn.Module):
-    """A small conv net for the offline demo: 4 conv-BN-ReLU stages (stride 2 from the second),
-    global average pooling; ~0.2M parameters, (B, 3, 64, 64) -> (B, 256)."""
+class PooledConvNet(nn.Module):
+    """``features`` (a conv stack) followed by global average pooling: ``(B, 3, H, W) -> (B, out_dim)``."""
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256)) -> None:
+    def __init__(self, layers: list[nn.Module], out_dim: int) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = 3
-        for i, w in enumerate(widths):
-            layers += [nn.Conv2d(channels, w, 3, stride=1 if i == 0 else 2, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
-            if i > 0:
-                layers += [nn.Conv2d(w, w, 3, padding=1, groups=w, bias=False), nn.Conv2d(w, w, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
-            channels = w
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.out_dim = channels
+        self.out_dim = out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.pool(self.features(x)), 1)
 
 
-class MicroMobileNet(nn.Module):
+def _conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class TinyCNN(PooledConvNet):
+    """A small conv net for the offline demo: 4 conv-BN-ReLU stages (stride 2 from the second),
+    each but the first followed by a depthwise-separable pair; ~0.2M parameters,
+    (B, 3, 64, 64) -> (B, 256)."""
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256)) -> None:
+        layers: list[nn.Module] = []
+        channels = 3
+        for i, w in enumerate(widths):
+            layers += _conv_bn_relu(channels, w, stride=1 if i == 0 else 2)
+            if i > 0:
+                layers += [nn.Conv2d(w, w, 3, padding=1, groups=w, bias=False), *_conv_bn_relu(w, w, kernel=1)]
+            channels = w
+        super().__init__(layers, channels)
+
+
+class MicroMobileNet(PooledConvNet):
     """A depthwise-separable CNN for small images (the offline demo's student).
 
     A 3x3 stem (stride 1) followed by MobileNet-v1 blocks (3x3 depthwise + 1x1 pointwise, each
@@ -69,76 +88,83 @@ class MicroMobileNet(nn.Module):
     """
 
     def __init__(self, stem: int = 16, stages: tuple[tuple[int, int], ...] = ((32, 2), (64, 2), (64, 1), (128, 2), (256, 1))) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(3, stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
+        layers = _conv_bn_relu(3, stem)
         channels = stem
         for width, stride in stages:
-            layers += [
-                nn.Conv2d(channels, channels, 3, stride=stride, padding=1, groups=channels, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
-                nn.Conv2d(channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            ]
+            layers += _conv_bn_relu(channels, channels, stride=stride, groups=channels) + _conv_bn_relu(channels, width, kernel=1)
             channels = width
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.out_dim = channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.pool(self.features(x)), 1)
+        super().__init__(layers, channels)
 
 
-def _torchvision_headless(arch: str) -> nn.Module:
-    import torchvision
-
-    model = torchvision.models.get_model(arch, weights=None)
+def _torchvision_backbone(arch: str) -> nn.Module:
+    """A headless torchvision model (``cache_builder.architectures.torchvision_headless``); AlexNet
+    keeps its classifier up to fc7 + ReLU (the reference's AlexNet student features)."""
     if arch == "alexnet":
-        # the reference's fc7 form: keep classifier up to the second 4096-d layer + ReLU
+        import torchvision
+
+        model = torchvision.models.get_model(arch, weights=None)
         model.classifier = nn.Sequential(*list(model.classifier.children())[:-1])
         return model
-    for attr in ("fc", "classifier", "head", "heads"):
-        if hasattr(model, attr):
-            setattr(model, attr, nn.Identity())
-            return model
-    raise ValueError(f"torchvision model {arch!r} has no fc/classifier/head attribute to replace")
+    return torchvision_headless(arch)[0]
 
 
 def _feature_dim(arch: str) -> int:
+    """F of a torchvision model: the input width of its classifier's first linear layer."""
     import torchvision
 
-    model = torchvision.models.get_model(arch, weights=None)
-    for attr in ("fc", "classifier", "head", "heads"):
+    with torch.device("meta"):
+        model = torchvision.models.get_model(arch, weights=None)
+    for attr in ("fc", "head", "heads", "classifier"):
         head = getattr(model, attr, None)
-        if head is None:
-            continue
-        linears = [m for m in (head.modules() if isinstance(head, nn.Module) else []) if isinstance(m, nn.Linear)]
+        linears = [m for m in head.modules() if isinstance(m, nn.Linear)] if isinstance(head, nn.Module) else []
         if linears:
             return linears[0].in_features
-    raise ValueError(f"cannot find the feature dimension of torchvision model {arch!r}")
+    raise UsageError(f"--student {arch}: cannot find the feature dimension of this torchvision model (no linear classifier)")
 
 
-def _tv(name: str, dim: int, size: int = 224) -> StudentSpec:
-    return StudentSpec(name, name, dim, size, lambda: _torchvision_headless(name))
+def _tv(name: str, dim: int, parameters: int, gflops: float, size: int = 224) -> StudentSpec:
+    return StudentSpec(name, name, dim, size, lambda: _torchvision_backbone(name), parameters=parameters, gflops=gflops)
 
 
 STUDENTS: dict[str, StudentSpec] = {
-    "resnet18": _tv("resnet18", 512),
-    "resnet34": _tv("resnet34", 512),
-    "resnet50": _tv("resnet50", 2048),
-    "mobilenet_v2": _tv("mobilenet_v2", 1280),
-    "alexnet": _tv("alexnet", 4096),
-    "tiny_cnn": StudentSpec("tiny_cnn", "tiny_cnn", 256, 64, TinyCNN),
-    "micro_mobilenet": StudentSpec("micro_mobilenet", "micro_mobilenet", 256, 32, MicroMobileNet),
+    "resnet18": _tv("resnet18", 512, 11_176_512, 3.627),
+    "resnet34": _tv("resnet34", 512, 21_284_672, 7.326),
+    "resnet50": _tv("resnet50", 2048, 23_508_032, 8.174),
+    "mobilenet_v2": _tv("mobilenet_v2", 1280, 2_223_872, 0.599),
+    "alexnet": _tv("alexnet", 4096, 57_003_840, 1.420),
+    "tiny_cnn": StudentSpec("tiny_cnn", "tiny_cnn", 256, 64, TinyCNN, parameters=479_840, gflops=0.1476),
+    "micro_mobilenet": StudentSpec("micro_mobilenet", "micro_mobilenet", 256, 32, MicroMobileNet, parameters=52_512, gflops=0.003484),
 }
 
 
 def get_student_spec(name: str) -> StudentSpec:
-    """The registry spec, or one made on the fly for any torchvision classification model."""
+    """The registry spec, or one made on the fly for any torchvision classification model.
+
+    Raises ``UsageError`` (with "did you mean" suggestions) for an unknown name.
+    """
     if name in STUDENTS:
         return STUDENTS[name]
     import torchvision
 
-    if name in torchvision.models.list_models(module=torchvision.models):
-        return StudentSpec(name, name, _feature_dim(name), 224, lambda: _torchvision_headless(name))
-    raise ValueError(f"unknown student {name!r}; registered: {', '.join(STUDENTS)} (or any torchvision classification model name)")
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name in known:
+        return StudentSpec(name, name, _feature_dim(name), 224, lambda: _torchvision_backbone(name))
+    raise UsageError("--student: " + unknown_name("student", name, list(STUDENTS))
+                     + " (or any torchvision classification model name; see compress-distill list-students)")
+
+
+def count_backbone(spec: StudentSpec) -> tuple[int, float]:
+    """``(parameters, GFLOPs at spec.input_size)`` of the backbone, built on the meta device."""
+    with torch.device("meta"):
+        backbone = spec.builder()
+    return count_parameters(backbone), gflops(backbone, spec.input_size)
+
+
+def list_students() -> list[dict[str, Any]]:
+    """The registry: ``{"name", "architecture", "feature_dim", "input_size", "parameters",
+    "gflops"}`` per student (backbone at its default input size; the cached counts)."""
+    return [{"name": s.name, "architecture": s.architecture, "feature_dim": s.feature_dim, "input_size": s.input_size,
+             "parameters": s.parameters, "gflops": s.gflops} for s in STUDENTS.values()]
 
 
 class Student(nn.Module):
@@ -147,7 +173,7 @@ class Student(nn.Module):
     def __init__(self, spec: StudentSpec, dim: int) -> None:
         super().__init__()
         if dim <= 0:
-            raise ValueError(f"--dim must be positive, got {dim}")
+            raise UsageError(f"--dim must be positive, got {dim}")
         self.spec = spec
         self.backbone = spec.builder()
         self.head = nn.Linear(spec.feature_dim, dim)

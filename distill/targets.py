@@ -174,7 +174,7 @@ def load_targets(cache: str, data: str, device: torch.device, shared: bool = Fal
     crops = None
     if store.views is not None:
         if CROPS_COLUMN not in store.manifest.columns:
-            raise ValueError(f"{store.path}: a {store.views}-view cache without a {CROPS_COLUMN!r} column; the student "
+            raise CacheMismatchError(f"{store.path}: a {store.views}-view cache without a {CROPS_COLUMN!r} column; the student "
                              "cannot be given the crops the teacher saw. Rebuild it with compress-cache build --views.")
         crops = check_crops(store.load_column(CROPS_COLUMN), store.n, store.views, store.path)
     images, skipped = training_listing(store, discover_splits(data)["train"], data)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from cache_builder.image_decode import decode_image
 from cache_builder.image_list import IDENTITY_COLUMN, IDENTITY_COLUMN_SPEC, discover_splits, file_identities
-from distill.engine import DistillConfig
+from distill.config import DistillConfig
 from storage import create_store
 from tests.images import write_image_folder
 

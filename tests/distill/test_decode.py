@@ -11,7 +11,8 @@ import torch
 from cache_builder.image_list import discover_splits
 from distill.data import AugmentedImages
 from distill.decode import GpuViewDecoder, collate_encoded
-from distill.engine import fingerprint, run
+from distill.engine import run
+from distill.run_identity import RunIdentity
 from distill.targets import load_targets
 from tests.distill.synthetic import losses, make_cache, tiny
 from tests.images import write_image_folder
@@ -53,14 +54,19 @@ def test_decode_gpu_without_cuda_falls_back_to_the_cpu_batches(jpegs, tmp_path, 
     cpu_run = str(tmp_path / "cpu")
     run(tiny(cache, cpu_run, batch_size=8, bank_size=16, epochs=1, probe_size=16))
     gpu_run = str(tmp_path / "gpu")
-    with caplog.at_level(logging.WARNING, logger="distill.engine"):
+    with caplog.at_level(logging.WARNING, logger="distill.precision"):
         run(tiny(cache, gpu_run, batch_size=8, bank_size=16, epochs=1, probe_size=16, decode="gpu"))
     assert "--decode gpu needs a CUDA device" in caplog.text and "decoding on the CPU" in caplog.text
     assert losses(gpu_run) == losses(cpu_run)  # exactly the --decode cpu batches
     cfg = tiny(cache, gpu_run, data=data)
     targets = load_targets(cache, data, torch.device("cpu"))
-    assert fingerprint(dataclasses.replace(cfg, decode="gpu"), targets, "cpu") == fingerprint(cfg, targets, "cpu")
-    assert fingerprint(cfg, targets, "gpu") != fingerprint(cfg, targets, "cpu")
+
+    def fingerprint(c, decode: str) -> str:  # the identity of c run with the decoder that actually runs
+        return RunIdentity.of(c, targets.store.content_fingerprint(), targets.images.fingerprint(), decode=decode,
+                              bank_dtype="float32").fingerprint
+
+    assert fingerprint(dataclasses.replace(cfg, decode="gpu"), "cpu") == fingerprint(cfg, "cpu")
+    assert fingerprint(cfg, "gpu") != fingerprint(cfg, "cpu")
 
 
 @pytest.mark.gpu

@@ -13,14 +13,15 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from distill import distributed as D
+from cache_builder import distributed as D
 from distill.checkpoint import load_checkpoint
-from distill.engine import DistillConfig, RunMismatchError, run
+from distill.engine import DistillConfig, run
 from distill.export import export_student
+from distill.run_identity import RunMismatchError
 from distill.sampler import EpochBatchSampler
 from distill.students import build_student
-from tests.conftest import REPO_ROOT
 from storage import open_store
+from tests.conftest import REPO_ROOT
 from tests.distill.synthetic import make_cache, make_images
 
 

@@ -13,9 +13,10 @@ import time
 import pytest
 import torch
 
-from distill import engine
-from distill.engine import RunMismatchError, run
+from distill import metrics, precision, trainer
+from distill.engine import run
 from distill.export import export_student, load_student
+from distill.run_identity import RunMismatchError
 from distill.targets import CacheMismatchError
 from tests.conftest import REPO_ROOT
 from tests.distill.synthetic import agreements, losses, make_cache, make_images, tiny
@@ -105,7 +106,7 @@ def test_export_round_trip_into_plain_torchvision(setup, tmp_path) -> None:
     _, data, cache = setup
     out = str(tmp_path / "r18")
     run(tiny(cache, out, student="resnet18", epochs=1, max_steps=1, variant="1q"))
-    meta = export_student(out, str(tmp_path / "r18.pth"))
+    meta = export_student(out, str(tmp_path / "r18.pth"), allow_unfinished=True)
     assert meta["architecture"] == "resnet18" and meta["feature_dim"] == 512
     state = torch.load(str(tmp_path / "r18.pth"), weights_only=True)
     assert not any(k.startswith(("fc.", "head.", "module.", "projection")) for k in state)
@@ -121,7 +122,6 @@ def test_export_round_trip_into_plain_torchvision(setup, tmp_path) -> None:
 
 
 def test_one_persistent_loader_serves_all_epochs_and_resumes_mid_epoch(setup, tmp_path, monkeypatch) -> None:
-    import distill.engine as engine
     from distill.data import AugmentedImages
 
     _, data, cache = setup
@@ -136,7 +136,7 @@ def test_one_persistent_loader_serves_all_epochs_and_resumes_mid_epoch(setup, tm
                 made.append(kw)
             super().__init__(dataset, **kw)
 
-    monkeypatch.setattr(engine, "DataLoader", RecordingLoader)
+    monkeypatch.setattr(trainer, "DataLoader", RecordingLoader)
     out = str(tmp_path / "workers1")
     run(tiny(cache, out, epochs=2, variant="2q", workers=1, prefetch_factor=3, max_steps=8))  # stops in epoch 2, step 2
     run(tiny(cache, out, epochs=2, variant="2q", workers=1, prefetch_factor=3))
@@ -145,13 +145,63 @@ def test_one_persistent_loader_serves_all_epochs_and_resumes_mid_epoch(setup, tm
     assert losses(out) == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
+def test_a_run_whose_max_steps_equals_its_total_steps_is_finished(setup, tmp_path) -> None:
+    """Defect 8: --max-steps equal to epochs x steps per epoch stopped before the last epoch's end
+    (no epoch + 1, no final probe): the run said finished: false and could never be exported."""
+    _, data, cache = setup
+    out = str(tmp_path / "exact")
+    result = run(tiny(cache, out, epochs=2, max_steps=12))  # 96 images / 16 = 6 steps per epoch
+    assert result["finished"] and result["epoch"] == 2 and result["global_step"] == 12
+    assert export_student(out, str(tmp_path / "exact.pth"))["finished"]
+
+
+def test_export_refuses_an_unfinished_run_unless_allowed_and_records_its_progress(setup, tmp_path) -> None:
+    """Defect 8: unfinished runs exported with no warning; the sidecar says finished, epoch and step."""
+    from distill.export import UnfinishedRunError, sidecar_path
+
+    _, data, cache = setup
+    out = str(tmp_path / "partial")
+    run(tiny(cache, out, epochs=2, max_steps=8))
+    with pytest.raises(UnfinishedRunError, match=r"unfinished \(epoch 1 of 2, step 8.*--allow-unfinished"):
+        export_student(out, str(tmp_path / "p.pth"))
+    assert not os.path.exists(tmp_path / "p.pth")
+    meta = export_student(out, str(tmp_path / "p.pth"), allow_unfinished=True)
+    sidecar = json.load(open(sidecar_path(str(tmp_path / "p.pth"))))
+    assert sidecar == meta and (meta["finished"], meta["epoch"], meta["steps"]) == (False, 1, 8)
+
+
+def test_a_refused_resume_names_the_options_that_differ(setup, tmp_path) -> None:
+    _, data, cache = setup
+    out = str(tmp_path / "differs")
+    run(tiny(cache, out, epochs=1, max_steps=1))
+    with pytest.raises(RunMismatchError, match=r"--lr: 0\.1 in the run, 0\.2 now; --t-teacher: 0\.04 in the run, 0\.05 now"):
+        run(tiny(cache, out, epochs=1, lr=0.2, t_teacher=0.05))
+
+
+def test_a_checkpoint_of_an_unknown_format_is_refused(setup, tmp_path) -> None:
+    from distill.checkpoint import CheckpointError, load_checkpoint
+
+    _, data, cache = setup
+    out = str(tmp_path / "fmt")
+    run(tiny(cache, out, epochs=1, max_steps=1))
+    path = os.path.join(out, "checkpoint.pt")
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "format": "compress-distill-checkpoint/99"}, path)
+    with pytest.raises(CheckpointError, match="format 'compress-distill-checkpoint/99'"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="checkpoint format"):
+        run(tiny(cache, out, epochs=1))
+    assert run(tiny(cache, out, epochs=1, fresh=True))["finished"]
+
+
 def test_checkpoint_restores_torch_numpy_and_python_random_states(setup, tmp_path) -> None:
     import random
 
     import numpy as np
 
     from distill.checkpoint import load_checkpoint
-    from distill.engine import Trainer, resolve_config
+    from distill.engine import resolve_config
+    from distill.trainer import build_trainer
 
     _, data, cache = setup
     out = str(tmp_path / "rng")
@@ -162,8 +212,8 @@ def test_checkpoint_restores_torch_numpy_and_python_random_states(setup, tmp_pat
     np.random.seed(123)
     random.seed(123)
     torch.manual_seed(123)
-    trainer = Trainer(resolve_config(tiny(cache, out, epochs=1)))
-    assert trainer.try_resume()
+    resumed = build_trainer(resolve_config(tiny(cache, out, epochs=1)))
+    assert resumed.try_resume()
     assert np.array_equal(np.random.get_state()[1], saved["numpy"]["keys"].numpy())
     assert random.getstate() == saved["python"]
     assert torch.equal(torch.get_rng_state(), saved["torch"])
@@ -214,7 +264,7 @@ def test_bfloat16_banks_on_cpu_train_and_are_part_of_the_run_identity(setup, tmp
     # on a CPU without bf16 hardware "auto" is float32: the same run as an explicit float32 one
     fp32 = str(tmp_path / "fp32")
     run(tiny(cache, fp32, variant="1q", bank_dtype="float32", epochs=1))
-    monkeypatch.setattr(engine, "has_native_bf16_matmul", lambda device: False)
+    monkeypatch.setattr(precision, "has_native_bf16_matmul", lambda device: False)
     assert run(tiny(cache, fp32, variant="1q", bank_dtype="auto", epochs=1))["finished"]
     with pytest.raises(ValueError, match="--bank-dtype must be one of"):
         run(tiny(cache, str(tmp_path / "x"), bank_dtype="float16"))
@@ -223,11 +273,11 @@ def test_bfloat16_banks_on_cpu_train_and_are_part_of_the_run_identity(setup, tmp
 def test_auto_bank_dtype_follows_the_hardware_and_keeps_a_runs_precision_on_resume(setup, tmp_path, monkeypatch) -> None:
     _, data, cache = setup
     out = str(tmp_path / "auto")
-    monkeypatch.setattr(engine, "has_native_bf16_matmul", lambda device: True)  # a CPU with AMX / AVX512-BF16
+    monkeypatch.setattr(precision, "has_native_bf16_matmul", lambda device: True)  # a CPU with AMX / AVX512-BF16
     run(tiny(cache, out, variant="1q", epochs=2, max_steps=7))
     assert json.load(open(os.path.join(out, "config.json")))["resolved_bank_dtype"] == "bfloat16"
     # the run moves to a machine without bf16 hardware: "auto" resumes it in bf16 instead of refusing it
-    monkeypatch.setattr(engine, "has_native_bf16_matmul", lambda device: False)
+    monkeypatch.setattr(precision, "has_native_bf16_matmul", lambda device: False)
     assert run(tiny(cache, out, variant="1q", epochs=2))["finished"]
     state = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
     assert state["objective"]["teacher_bank.anchors"].dtype == torch.bfloat16
@@ -236,17 +286,16 @@ def test_auto_bank_dtype_follows_the_hardware_and_keeps_a_runs_precision_on_resu
     state = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
     assert state["objective"]["teacher_bank.anchors"].dtype == torch.float32
     assert json.load(open(os.path.join(out, "config.json")))["resolved_bank_dtype"] == "float32"
-    # a run written before the resolved precision was recorded (auto meant float32 on CPU then)
-    # resumes on bf16 hardware in float32, with its old fingerprint
-    legacy = str(tmp_path / "legacy")
-    run(tiny(cache, legacy, variant="1q", epochs=2, max_steps=7))
-    config = json.load(open(os.path.join(legacy, "config.json")))
+    # the precision a run started with is part of its identity: a config.json that lost it makes
+    # "auto" resolve afresh (bf16 here), and the refusal names the option that differs
+    unrecorded = str(tmp_path / "unrecorded")
+    run(tiny(cache, unrecorded, variant="1q", epochs=2, max_steps=7))
+    config = json.load(open(os.path.join(unrecorded, "config.json")))
     del config["resolved_bank_dtype"]
-    json.dump(config, open(os.path.join(legacy, "config.json"), "w"))
-    monkeypatch.setattr(engine, "has_native_bf16_matmul", lambda device: True)
-    assert run(tiny(cache, legacy, variant="1q", epochs=2))["finished"]
-    state = torch.load(os.path.join(legacy, "checkpoint.pt"), weights_only=True)
-    assert state["objective"]["teacher_bank.anchors"].dtype == torch.float32
+    json.dump(config, open(os.path.join(unrecorded, "config.json"), "w"))
+    monkeypatch.setattr(precision, "has_native_bf16_matmul", lambda device: True)
+    with pytest.raises(RunMismatchError, match="--bank-dtype: float32 in the run, bfloat16 now"):
+        run(tiny(cache, unrecorded, variant="1q", epochs=2))
 
 
 def test_a_refused_run_leaves_the_existing_runs_config_untouched(setup, tmp_path) -> None:
@@ -264,7 +313,7 @@ def test_images_per_second_leaves_out_checkpoint_and_probe_time(setup, tmp_path,
     logged rate is exactly one global batch per second."""
     _, data, cache = setup
     clock = [0.0]
-    monkeypatch.setattr(engine, "time", type("FakeTime", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    monkeypatch.setattr(metrics, "time", type("FakeTime", (), {"perf_counter": staticmethod(lambda: clock[0])}))
 
     def slow(method, seconds):
         def wrapped(self, *args, **kwargs):
@@ -273,9 +322,9 @@ def test_images_per_second_leaves_out_checkpoint_and_probe_time(setup, tmp_path,
             return result
         return wrapped
 
-    monkeypatch.setattr(engine.Trainer, "train_step", slow(engine.Trainer.train_step, 1.0))
-    monkeypatch.setattr(engine.Trainer, "save", slow(engine.Trainer.save, 100.0))
-    monkeypatch.setattr(engine.Trainer, "probe_metrics", slow(engine.Trainer.probe_metrics, 100.0))
+    monkeypatch.setattr(trainer.Trainer, "train_step", slow(trainer.Trainer.train_step, 1.0))
+    monkeypatch.setattr(trainer.Trainer, "save", slow(trainer.Trainer.save, 100.0))
+    monkeypatch.setattr(trainer.Trainer, "probe_metrics", slow(trainer.Trainer.probe_metrics, 100.0))
     out = str(tmp_path / "rate")
     run(tiny(cache, out, epochs=3, log_every=4, ckpt_every=5))
     rates = [r["img_per_s"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "img_per_s" in r]

@@ -8,8 +8,9 @@ import os
 import pytest
 import torch
 
-from distill.engine import Trainer, resolve_config, run
+from distill.engine import resolve_config, run
 from distill.targets import TeacherTargets, fits_on_device
+from distill.trainer import build_trainer
 from tests.distill.synthetic import agreements, losses, make_cache, make_images, tiny
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -46,7 +47,7 @@ def test_a_training_step_never_waits_for_the_gpu(setup, variant, tmp_path) -> No
     """CUDA's sync debug mode turns every host synchronisation (``.item()``, a blocking copy,
     a data-dependent shape) into an error: a step must queue its work and return."""
     _, cache = setup
-    trainer = Trainer(resolve_config(tiny(cache, str(tmp_path / "sync"), variant=variant, device="cuda")))
+    trainer = build_trainer(resolve_config(tiny(cache, str(tmp_path / "sync"), variant=variant, device="cuda")))
     trainer.init_banks()
     images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8).pin_memory()
     rows = torch.randperm(96)[:16].pin_memory()

@@ -1,9 +1,11 @@
-"""Process-group helpers that are the identity on a single process (started without torchrun).
+"""Process-group helpers for both stages; every one is the identity on a single process.
 
-Under ``torchrun`` (``WORLD_SIZE`` > 1) ``init_from_env`` joins the group (NCCL on CUDA, gloo
-on CPU); collectives then run over all ranks. ``check_same_across_ranks`` compares exact
-checksums of tensors that must be identical on every rank (the banks, the student) and raises
-on any difference.
+Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) ``init_from_env`` joins the process
+group: NCCL when the process's device is a GPU, gloo otherwise (CPU tests). ``shutdown`` leaves
+a group this module started (without a barrier: after an error on one rank the others must fail
+fast, their next collective erroring out, rather than wait forever). ``check_same_across_ranks``
+compares exact checksums of tensors that must be identical on every rank (stage 2's banks and
+student) and raises ``RankDivergenceError`` on any difference.
 """
 
 from __future__ import annotations
@@ -13,41 +15,76 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.distributed as dist
+import torch.distributed as td
+
+from cache_builder.devices import local_rank, resolve_device
+from storage.errors import CompressError
+
+__all__ = [
+    "RankDivergenceError", "all_gather_cat", "all_gather_object", "barrier", "broadcast_object", "check_same_across_ranks",
+    "init_from_env", "is_distributed", "local_rank", "mean_over_ranks", "rank", "shutdown", "tensor_checksum", "world_size",
+]
 
 _CHUNK = 1 << 22  # elements per checksum chunk (bounds the int64 temporary)
+_started_here = False
 
 
-class RankDivergenceError(RuntimeError):
+class RankDivergenceError(CompressError, RuntimeError):
     """A tensor that must be identical on every rank differs between ranks."""
 
 
-def init_from_env(device: torch.device) -> None:
-    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)  # before NCCL: each rank talks through its own GPU
-            dist.init_process_group("nccl")
-        else:
-            dist.init_process_group("gloo")
-
-
-def shutdown() -> None:
-    """Leave the process group (no-op on one process)."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
+def is_distributed() -> bool:
+    return td.is_available() and td.is_initialized()
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
+    return td.get_rank() if is_distributed() else 0
 
 
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
+def world_size() -> int:
+    return td.get_world_size() if is_distributed() else 1
+
+
+def init_from_env(device: torch.device | str = "auto") -> None:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1); nothing on one process.
+
+    Args:
+        device: this process's device, or a ``--device`` name (``cache_builder.devices``);
+            a CUDA device becomes the current device before NCCL starts (each rank talks
+            through its own GPU).
+    """
+    global _started_here
+    if is_distributed() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    dev = resolve_device(device) if isinstance(device, str) else device
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        td.init_process_group("nccl")
+    else:
+        td.init_process_group("gloo")
+    _started_here = True
+
+
+def shutdown() -> None:
+    """Leave the group this module started (no-op otherwise, and on one process)."""
+    global _started_here
+    if _started_here and is_distributed():
+        td.destroy_process_group()
+    _started_here = False
+
+
+def barrier() -> None:
+    if is_distributed():
+        td.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every rank (picklable objects)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    td.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
@@ -55,7 +92,7 @@ def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
     if world_size() == 1:
         return x
     parts = [torch.empty_like(x) for _ in range(world_size())]
-    dist.all_gather(parts, x.contiguous())
+    td.all_gather(parts, x.contiguous())
     return torch.cat(parts)
 
 
@@ -64,7 +101,7 @@ def all_gather_object(obj: Any) -> list[Any]:
     if world_size() == 1:
         return [obj]
     out: list[Any] = [None] * world_size()
-    dist.all_gather_object(out, obj)
+    td.all_gather_object(out, obj)
     return out
 
 
@@ -73,7 +110,7 @@ def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
     if world_size() == 1:
         return x
     y = x.detach().clone()
-    dist.all_reduce(y)
+    td.all_reduce(y)
     return y / world_size()
 
 
@@ -113,8 +150,3 @@ def check_same_across_ranks(tensors: Mapping[str, torch.Tensor]) -> None:
     if bad:
         listing = ", ".join(f"{name} on rank {r}" for r, name in bad[:8])
         raise RankDivergenceError(f"tensors that must be identical on all {world_size()} ranks differ from rank 0: {listing}")
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
