@@ -1,15 +1,20 @@
 """``ShardBlock``: the rows of one shard in memory, the unit every backend writes and reads.
 
-The checksum is taken over a canonical byte encoding of the block (embeddings, index,
-labels, paths, extra columns in name order), so it does not depend on the backend: a zarr
-and an hdf5 store of the same rows carry the same checksums.
+The checksums are taken over a canonical byte encoding of the block (each array C-ordered,
+little-endian; embeddings, index, labels, paths, extra columns in name order), so they do not
+depend on the backend: a zarr and an hdf5 store of the same rows carry the same checksums.
+``checksum`` (SHA-256 of everything) is the shard's identity; ``crc32c`` (one CRC32C per
+array, several GB/s) is what the reader verifies as it loads each array.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+import crc32c as _crc32c
 import numpy as np
 
 from storage.errors import ShardWriteError
@@ -38,20 +43,47 @@ class ShardBlock:
     def rows(self) -> int:
         return int(self.embeddings.shape[0])
 
+    def arrays(self) -> Iterator[tuple[str, np.ndarray]]:
+        """``(name, canonical array)`` in checksum order: ``embeddings``, ``index``, ``labels``,
+        ``path_offsets``, ``path_bytes``, then ``column:<name>`` by name."""
+        yield "embeddings", canonical(self.embeddings)
+        yield "index", canonical(np.asarray(self.index, dtype=np.int64))
+        yield "labels", canonical(np.asarray(self.labels, dtype=np.int64))
+        offsets, blob = encode_paths(self.paths)
+        yield "path_offsets", canonical(offsets)
+        yield "path_bytes", blob
+        for name in sorted(self.columns):
+            yield f"column:{name}", canonical(self.columns[name])
+
     def checksum(self) -> str:
         """``"sha256:<hex>"`` of the canonical bytes of this block."""
         h = hashlib.sha256()
-        h.update(np.ascontiguousarray(self.embeddings).astype(self.embeddings.dtype.newbyteorder("<"), copy=False).data)
-        h.update(np.ascontiguousarray(self.index, dtype="<i8").data)
-        h.update(np.ascontiguousarray(self.labels, dtype="<i8").data)
-        offsets, blob = encode_paths(self.paths)
-        h.update(np.ascontiguousarray(offsets, dtype="<i8").data)
-        h.update(blob.data)
-        for name in sorted(self.columns):
-            col = np.ascontiguousarray(self.columns[name])
-            h.update(name.encode())
-            h.update(col.astype(col.dtype.newbyteorder("<"), copy=False).data)
+        for name, arr in self.arrays():
+            if name.startswith("column:"):
+                h.update(name.removeprefix("column:").encode())
+            h.update(arr.data)
         return "sha256:" + h.hexdigest()
+
+    def crc32c(self) -> dict[str, int]:
+        """CRC32C of each array's canonical bytes, by the names of ``arrays``; ``paths`` covers
+        ``path_offsets`` then ``path_bytes``."""
+        out: dict[str, int] = {}
+        for name, arr in self.arrays():
+            key = "paths" if name.startswith("path_") else name
+            out[key] = crc_of(arr, out.get(key, 0))
+        return out
+
+
+def canonical(arr: Any) -> np.ndarray:
+    """``arr`` C-contiguous and little-endian (a view when it already is)."""
+    a = np.ascontiguousarray(arr)
+    return a.astype(a.dtype.newbyteorder("<"), copy=False)
+
+
+def crc_of(arr: np.ndarray, value: int = 0) -> int:
+    """CRC32C of the canonical bytes of ``arr``, continuing from ``value`` (releases the GIL)."""
+    a = canonical(arr)
+    return int(_crc32c.crc32c(memoryview(a.reshape(-1).view(np.uint8)), value=value)) if a.size else value
 
 
 def encode_paths(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:

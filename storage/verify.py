@@ -1,8 +1,8 @@
 """``verify(path)``: re-read every shard and check it against the manifest.
 
-Checks, each reported with the shard and its row range: the data file exists and reads;
-rows, shape and dtype match; the recomputed checksum equals the recorded one; every value is
-finite; rows have unit L2 norm when the store says they are normalised; dataset indices are
+Checks, each reported with the shard and its row range: the data file exists with its
+recorded byte size and reads; rows, shape and dtype match; the recomputed SHA-256 checksum and
+CRC32Cs equal the recorded ones; every value is finite; rows have unit L2 norm when the store says they are normalised; dataset indices are
 unique across the store; labels are >= -1.
 """
 
@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from storage.errors import StoreCorruptError
+from storage.integrity import REBUILD_HINT, file_problem
+from storage.layout import shard_data_name
 from storage.reader import open_store
 from storage.sharding import format_ranges
 
@@ -45,7 +47,7 @@ def verify(path: str, *, norm_tolerance: float | None = None, progress: bool = F
     Args:
         norm_tolerance: allowed ``| ||x|| - 1 |`` for normalised stores (default by dtype).
     """
-    store = open_store(path)
+    store = open_store(path, check_files=False)
     man = store.manifest
     tol = NORM_TOLERANCE[man.dtype] if norm_tolerance is None else norm_tolerance
     report = VerifyReport(path=store.path, complete=man.complete, shards_checked=0, rows_checked=0)
@@ -67,6 +69,11 @@ def verify(path: str, *, norm_tolerance: float | None = None, progress: bool = F
     all_index = []
     for rec in iterator:
         where = f"shard {rec.shard_id} (rows {rec.start}-{rec.stop - 1})"
+        problem = file_problem(store.location, man, rec, store.backend.suffix)
+        if problem is not None:
+            report.problems.append(f"{where}: {problem}; {REBUILD_HINT}")
+            if not store.location.exists(shard_data_name(rec.shard_id, store.backend.suffix)):
+                continue
         try:
             block = store.read_shard(rec.shard_id)
         except StoreCorruptError as e:
@@ -79,6 +86,10 @@ def verify(path: str, *, norm_tolerance: float | None = None, progress: bool = F
         checksum = block.checksum()
         if checksum != rec.checksum:
             report.problems.append(f"{where}: checksum mismatch (recorded {rec.checksum}, data {checksum})")
+        crc = block.crc32c()
+        bad_crc = sorted(k for k, v in (rec.crc32c or {}).items() if crc.get(k) != v)
+        if bad_crc:
+            report.problems.append(f"{where}: CRC32C mismatch in {', '.join(bad_crc)}")
         emb = block.embeddings.astype(np.float32)
         finite = np.isfinite(emb).reshape(emb.shape[0], -1).all(axis=1)
         if not finite.all():
