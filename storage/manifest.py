@@ -5,7 +5,7 @@ The manifest is written when a store is created (every shard incomplete) and rew
 small completion marker beside its data (see ``writer.py``), so that several writers never
 race on the manifest; readers merge the markers in (``layout.read_manifest``).
 
-Format version 2 (see docs/architecture.md, "The store format"): every complete shard records
+Format version 2 (see docs/cache.md, "The store format"): every complete shard records
 its SHA-256 ``checksum`` (canonical bytes, backend independent; ``verify``), the byte size of
 its data on disk (``bytes``; checked by ``open_store``) and a CRC32C per array (``crc32c``;
 checked as ``load_all``/``load_metadata`` read). Parsing checks that the shards tile
