@@ -79,7 +79,10 @@ def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
-    write_atomic(path, lambda f: f.write(data))
+    def write(f: BinaryIO) -> None:
+        f.write(data)
+
+    write_atomic(path, write)
 
 
 def write_text_atomic(path: str, text: str) -> None:

@@ -76,7 +76,7 @@ def marker_record(manifest: Manifest, marker: dict[str, Any]) -> ShardRecord | N
         crc = marker.get("crc32c")
         size = marker.get("bytes")
         return ShardRecord(shard_id, rec.start, rec.stop, True, str(marker["checksum"]), None if size is None else int(size),
-                           None if crc is None else {str(k): int(v) for k, v in crc.items()})
+                           None if crc is None else {str(k): [int(x) for x in v] for k, v in crc.items()})
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
 

@@ -52,8 +52,8 @@ class ShardRecord:
 
     ``checksum``: ``sha256:<hex>`` of the canonical bytes (``ShardBlock.checksum``);
     ``bytes``: size of the shard's data on disk (sum over a zarr directory), ``None`` where
-    the location cannot tell (memory stores); ``crc32c``: CRC32C of each array's canonical
-    bytes, by array name (``ShardBlock.crc32c``).
+    the location cannot tell (memory stores); ``crc32c``: by array name, the CRC32Cs of blocks
+    of the array's canonical bytes (``ShardBlock.crc32c``).
     """
 
     shard_id: int
@@ -62,7 +62,7 @@ class ShardRecord:
     complete: bool = False
     checksum: str | None = None
     bytes: int | None = None
-    crc32c: dict[str, int] | None = None
+    crc32c: dict[str, list[int]] | None = None
 
     @property
     def rows(self) -> int:
@@ -88,7 +88,7 @@ class ShardRecord:
         return ShardRecord(
             int(obj["id"]), int(obj["start"]), int(obj["stop"]), bool(obj["complete"]), obj.get("checksum"),
             None if obj.get("bytes") is None else int(obj["bytes"]),
-            None if crc is None else {str(k): int(v) for k, v in crc.items()},
+            None if crc is None else {str(k): [int(x) for x in v] for k, v in crc.items()},
         )
 
 

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from storage import integrity
 from storage.backends import ShardBackend, get_backend
 from storage.errors import NotAStoreError, StoreCorruptError, StoreIncompleteError
-from storage import integrity
-from storage.integrity import REBUILD_HINT, CrcChecker, crc_mismatch, where
+from storage.integrity import REBUILD_HINT, CrcChecker, check_array, where
 from storage.layout import read_manifest, shard_data_name
 from storage.location import Location, resolve_location
 from storage.manifest import MANIFEST_NAME, Manifest, ShardRecord
-from storage.shard_block import ShardBlock, crc_of, encode_paths
+from storage.shard_block import ShardBlock, encode_paths
 from storage.sharding import format_ranges
 
 if TYPE_CHECKING:
@@ -138,9 +138,7 @@ class Store:
         return StoreCorruptError(f"{self.location.describe(self._shard_name(shard_id))}: {where(rec)} {what}; {REBUILD_HINT}")
 
     def _check_crc(self, rec: ShardRecord, array: str, data: np.ndarray) -> None:
-        err = crc_mismatch(self.location, rec, self.backend.suffix, array, crc_of(data))
-        if err is not None:
-            raise err
+        check_array(self.location, rec, self.backend.suffix, array, data)
 
     def read_shard(self, shard_id: int) -> ShardBlock:
         """All data of one complete shard."""
@@ -154,8 +152,8 @@ class Store:
         """Copy all embeddings, in row order, into ``out`` of shape ``self.shape``.
 
         Missing shards (only with ``allow_incomplete``) are left as they are in ``out``. With
-        ``verify`` each shard's CRC32C is checked as it is read (in a background thread that
-        overlaps the next shard's read); a mismatch raises ``StoreCorruptError`` naming the shard.
+        ``verify`` each shard's CRC32C blocks are checked as they are read (in worker threads that
+        overlap the reading of the next rows); a mismatch raises ``StoreCorruptError`` naming the shard.
         """
         if not allow_incomplete:
             self.require_complete("loading all rows")
@@ -170,12 +168,14 @@ class Store:
         checker = CrcChecker(self.location, self.backend.suffix) if verify else None
         try:
             for rec in iterator:
+                part = out[rec.start:rec.stop]
+                on_rows = None if checker is None else checker.watch(rec, "embeddings", part)
                 try:
-                    self.backend.read_embeddings_into(self.location, self._shard_name(rec.shard_id), out[rec.start:rec.stop])
+                    self.backend.read_embeddings_into(self.location, self._shard_name(rec.shard_id), part, on_rows)
                 except (OSError, ValueError, KeyError) as e:
                     raise self._corrupt(rec.shard_id, e) from None
-                if checker is not None:
-                    checker.submit(rec, "embeddings", out[rec.start:rec.stop])
+                if on_rows is not None:
+                    on_rows(part.shape[0])
             if checker is not None:
                 checker.finish()
         finally:
@@ -240,11 +240,8 @@ class Store:
                 raise self._corrupt(rec.shard_id, e) from None
             if verify:
                 offsets, blob = encode_paths(pth)
-                self._check_crc(rec, "index", idx)
-                self._check_crc(rec, "labels", lab)
-                err = crc_mismatch(self.location, rec, self.backend.suffix, "paths", crc_of(blob, crc_of(offsets)))
-                if err is not None:
-                    raise err
+                for array, data in (("index", idx), ("labels", lab), ("path_offsets", offsets), ("path_bytes", blob)):
+                    self._check_crc(rec, array, data)
             index[rec.start:rec.stop] = idx
             labels[rec.start:rec.stop] = lab
             paths.extend(pth)

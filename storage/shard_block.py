@@ -3,8 +3,10 @@
 The checksums are taken over a canonical byte encoding of the block (each array C-ordered,
 little-endian; embeddings, index, labels, paths, extra columns in name order), so they do not
 depend on the backend: a zarr and an hdf5 store of the same rows carry the same checksums.
-``checksum`` (SHA-256 of everything) is the shard's identity; ``crc32c`` (one CRC32C per
-array, several GB/s) is what the reader verifies as it loads each array.
+``checksum`` (SHA-256 of everything) is the shard's identity; ``crc32c`` (per array, a list
+of CRC32Cs of consecutive blocks of about ``CRC_BLOCK_BYTES``, whole rows each) is what the
+reader verifies as it loads each array: blocks let it check in parallel threads, overlapped
+with reading the next rows.
 """
 
 from __future__ import annotations
@@ -64,14 +66,24 @@ class ShardBlock:
             h.update(arr.data)
         return "sha256:" + h.hexdigest()
 
-    def crc32c(self) -> dict[str, int]:
-        """CRC32C of each array's canonical bytes, by the names of ``arrays``; ``paths`` covers
-        ``path_offsets`` then ``path_bytes``."""
-        out: dict[str, int] = {}
-        for name, arr in self.arrays():
-            key = "paths" if name.startswith("path_") else name
-            out[key] = crc_of(arr, out.get(key, 0))
-        return out
+    def crc32c(self) -> dict[str, list[int]]:
+        """``crc_blocks`` of each array, by the names of ``arrays``."""
+        return {name: crc_blocks(arr) for name, arr in self.arrays()}
+
+
+CRC_BLOCK_BYTES = 4 << 20
+
+
+def crc_block_rows(arr: np.ndarray) -> int:
+    """Rows per CRC block of ``arr`` (axis 0 = rows): about ``CRC_BLOCK_BYTES``, at least one row."""
+    row_bytes = arr.dtype.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64))
+    return max(1, CRC_BLOCK_BYTES // max(1, row_bytes))
+
+
+def crc_blocks(arr: np.ndarray) -> list[int]:
+    """CRC32C of each block of ``crc_block_rows(arr)`` consecutive rows of ``arr``'s canonical bytes."""
+    rows = crc_block_rows(arr)
+    return [crc_of(arr[i:i + rows]) for i in range(0, arr.shape[0], rows)]
 
 
 def canonical(arr: Any) -> np.ndarray:
@@ -80,10 +92,10 @@ def canonical(arr: Any) -> np.ndarray:
     return a.astype(a.dtype.newbyteorder("<"), copy=False)
 
 
-def crc_of(arr: np.ndarray, value: int = 0) -> int:
-    """CRC32C of the canonical bytes of ``arr``, continuing from ``value`` (releases the GIL)."""
+def crc_of(arr: np.ndarray) -> int:
+    """CRC32C of the canonical bytes of ``arr`` (releases the GIL, so threads run in parallel)."""
     a = canonical(arr)
-    return int(_crc32c.crc32c(memoryview(a.reshape(-1).view(np.uint8)), value=value)) if a.size else value
+    return int(_crc32c.crc32c(a.reshape(-1).view(np.uint8).data)) if a.size else 0
 
 
 def encode_paths(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -56,7 +56,9 @@ def verify(path: str, *, norm_tolerance: float | None = None, progress: bool = F
     expected_start = 0
     for rec in man.shards:
         if rec.start != expected_start or rec.stop <= rec.start:
-            report.problems.append(f"manifest: shard {rec.shard_id} covers rows {rec.start}-{rec.stop - 1}, expected to start at {expected_start}")
+            report.problems.append(
+                f"manifest: shard {rec.shard_id} covers rows {rec.start}-{rec.stop - 1}, expected to start at {expected_start}"
+            )
         expected_start = rec.stop
     if expected_start != man.n:
         report.problems.append(f"manifest: shards cover {expected_start} rows, the store has n={man.n}")
@@ -82,7 +84,8 @@ def verify(path: str, *, norm_tolerance: float | None = None, progress: bool = F
         report.shards_checked += 1
         report.rows_checked += block.rows
         if len(block.index) != rec.rows or len(block.labels) != rec.rows or len(block.paths) != rec.rows:
-            report.problems.append(f"{where}: metadata has {len(block.index)}/{len(block.labels)}/{len(block.paths)} rows (index/labels/paths), expected {rec.rows}")
+            counts = f"{len(block.index)}/{len(block.labels)}/{len(block.paths)}"
+            report.problems.append(f"{where}: metadata has {counts} rows (index/labels/paths), expected {rec.rows}")
         checksum = block.checksum()
         if checksum != rec.checksum:
             report.problems.append(f"{where}: checksum mismatch (recorded {rec.checksum}, data {checksum})")

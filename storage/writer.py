@@ -28,7 +28,17 @@ import numpy as np
 from storage.backends import get_backend
 from storage.errors import NotAStoreError, ShardWriteError, StoreError, StoreIncompleteError, StoreMismatchError
 from storage.integrity import damaged_shards
-from storage.layout import TMP_INFIX, make_marker, marker_name, marker_record, read_manifest, shard_base, shard_data_name, tmp_pid, write_manifest
+from storage.layout import (
+    TMP_INFIX,
+    make_marker,
+    marker_name,
+    marker_record,
+    read_manifest,
+    shard_base,
+    shard_data_name,
+    tmp_pid,
+    write_manifest,
+)
 from storage.location import Location, MemoryLocation, resolve_location
 from storage.manifest import MANIFEST_NAME, ColumnSpec, Manifest, ShardRecord
 from storage.reader import Store, open_store

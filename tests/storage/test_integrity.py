@@ -68,7 +68,8 @@ def test_manifest_shard_range_with_a_gap_is_refused(tmp_path) -> None:
         m["shards"][1].update(start=12, rows=8)
 
     edit_manifest(path, gap)
-    with pytest.raises(StoreFormatError, match=r"manifest field 'shards' entry 1 is shard 1 rows \[12, 20\), expected shard 1 rows \[10, 20\)"):
+    expected = r"manifest field 'shards' entry 1 is shard 1 rows \[12, 20\), expected shard 1 rows \[10, 20\)"
+    with pytest.raises(StoreFormatError, match=expected):
         open_store(path)
 
 
@@ -131,7 +132,8 @@ def test_one_flipped_embedding_byte_fails_load_all_naming_the_shard(tmp_path) ->
     data[5] ^= 0x10
     open(victim, "wb").write(data)
     store = open_store(path)  # same size: only the checksum can tell
-    with pytest.raises(StoreCorruptError, match=r"shard-00003.zarr: shard 3 \(rows 30-39\): the 'embeddings' array does not match its recorded CRC32C"):
+    expected = r"shard-00003.zarr: shard 3 \(rows 30-39\): the 'embeddings' array does not match its recorded CRC32C"
+    with pytest.raises(StoreCorruptError, match=expected):
         store.load_all()
     with pytest.raises(StoreCorruptError, match=r"shard 3 \(rows 30-39\)"):
         store.load_all("torch")
@@ -167,6 +169,21 @@ def test_flipped_path_and_column_bytes_are_detected(tmp_path) -> None:
     store = open_store(path)
     with pytest.raises(StoreCorruptError, match=r"shard 1 \(rows 10-19\): the 'column:crop' array"):
         store.load_column("crop")
-    with pytest.raises(StoreCorruptError, match=r"shard 1 \(rows 10-19\): the 'paths' array"):
+    with pytest.raises(StoreCorruptError, match=r"shard 1 \(rows 10-19\): the 'path_bytes' array"):
         store.load_metadata()
-    assert any("CRC32C mismatch in column:crop, paths" in p for p in verify(path).problems)
+    assert any("CRC32C mismatch in column:crop, path_bytes" in p for p in verify(path).problems)
+
+
+def test_crc_blocks_are_checked_as_rows_arrive_and_name_the_rows(tmp_path, monkeypatch) -> None:
+    from storage import shard_block
+    from storage.backends import hdf5_backend
+
+    monkeypatch.setattr(shard_block, "CRC_BLOCK_BYTES", 64)  # 2 rows of 16 float16 per block
+    monkeypatch.setattr(hdf5_backend, "READ_BLOCK_BYTES", 96)  # 3 rows per read: blocks straddle reads
+    path = written(tmp_path, "hdf5")
+    assert len(open_store(path).manifest.shards[0].crc32c["embeddings"]) == 5
+    assert np.array_equal(open_store(path).load_all(), unit_rows(N, D))
+    with h5py.File(shard_file(path, "hdf5", 2), "r+") as f:
+        f["embeddings"][7, 0] = np.float16(0.125)
+    with pytest.raises(StoreCorruptError, match=r"shard 2 \(rows 20-29\): the 'embeddings' array .*its rows 6-7 of the shard"):
+        open_store(path).load_all()
