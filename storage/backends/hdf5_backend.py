@@ -15,7 +15,6 @@ from storage.location import Location
 from storage.manifest import Manifest
 from storage.shard_block import ShardBlock, decode_paths, encode_paths
 
-
 READ_BLOCK_BYTES = 16 << 20
 
 
