@@ -47,46 +47,26 @@ def chunk_file(path: str, shard: int, array: str) -> str:
 
 # ---- defect 4: the manifest's n and shard ranges -----------------------------------------
 
-def test_manifest_n_beyond_the_shards_is_refused_naming_the_field(tmp_path) -> None:
+def _gap(m: dict) -> None:
+    m["shards"][1].update(start=12, rows=8)
+
+
+MANIFEST_EDITS = {
+    "n beyond the shards": (lambda m: m.update(n=50), r"manifest field 'n' is 50 but the 4 shards .* cover rows \[0, 40\)"),
+    "n below the shards": (lambda m: m.update(n=25), "manifest field 'n' is 25"),
+    "a gap between shards": (_gap, r"manifest field 'shards' entry 1 is shard 1 rows \[12, 20\), expected shard 1 rows \[10, 20\)"),
+    "an unknown dtype": (lambda m: m.update(dtype="int8"), "manifest field 'dtype' is 'int8'"),
+    "a zero dimension": (lambda m: m.update(d=0), "manifest field 'd' is 0"),
+    "an older format version": (lambda m: m.update(format_version=1), "format version 1 is not supported"),
+}
+
+
+@pytest.mark.parametrize("case", list(MANIFEST_EDITS))
+def test_an_inconsistent_manifest_is_refused_naming_the_field(tmp_path, case) -> None:
+    edit, message = MANIFEST_EDITS[case]
     path = written(tmp_path)
-    edit_manifest(path, lambda m: m.update(n=50))
-    with pytest.raises(StoreFormatError, match=r"manifest field 'n' is 50 but the 4 shards .* cover rows \[0, 40\)"):
-        open_store(path)
-
-
-def test_manifest_n_below_the_shards_is_refused(tmp_path) -> None:
-    path = written(tmp_path)
-    edit_manifest(path, lambda m: m.update(n=25))
-    with pytest.raises(StoreFormatError, match="manifest field 'n' is 25"):
-        open_store(path)
-
-
-def test_manifest_shard_range_with_a_gap_is_refused(tmp_path) -> None:
-    path = written(tmp_path)
-
-    def gap(m: dict) -> None:
-        m["shards"][1].update(start=12, rows=8)
-
-    edit_manifest(path, gap)
-    expected = r"manifest field 'shards' entry 1 is shard 1 rows \[12, 20\), expected shard 1 rows \[10, 20\)"
-    with pytest.raises(StoreFormatError, match=expected):
-        open_store(path)
-
-
-def test_manifest_bad_dtype_and_dim_are_named(tmp_path) -> None:
-    path = written(tmp_path)
-    edit_manifest(path, lambda m: m.update(dtype="int8"))
-    with pytest.raises(StoreFormatError, match="manifest field 'dtype' is 'int8'"):
-        open_store(path)
-    edit_manifest(path, lambda m: m.update(dtype="float16", d=0))
-    with pytest.raises(StoreFormatError, match="manifest field 'd' is 0"):
-        open_store(path)
-
-
-def test_older_format_version_is_refused(tmp_path) -> None:
-    path = written(tmp_path)
-    edit_manifest(path, lambda m: m.update(format_version=1))
-    with pytest.raises(StoreFormatError, match="format version 1 is not supported"):
+    edit_manifest(path, edit)
+    with pytest.raises(StoreFormatError, match=message):
         open_store(path)
 
 
