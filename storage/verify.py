@@ -84,8 +84,8 @@ def verify(path: str, *, norm_tolerance: float | None = None, progress: bool = F
         report.shards_checked += 1
         report.rows_checked += block.rows
         if len(block.index) != rec.rows or len(block.labels) != rec.rows or len(block.paths) != rec.rows:
-            counts = f"{len(block.index)}/{len(block.labels)}/{len(block.paths)}"
-            report.problems.append(f"{where}: metadata has {counts} rows (index/labels/paths), expected {rec.rows}")
+            sizes = f"{len(block.index)}/{len(block.labels)}/{len(block.paths)}"
+            report.problems.append(f"{where}: metadata has {sizes} rows (index/labels/paths), expected {rec.rows}")
         checksum = block.checksum()
         if checksum != rec.checksum:
             report.problems.append(f"{where}: checksum mismatch (recorded {rec.checksum}, data {checksum})")
