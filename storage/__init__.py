@@ -1,7 +1,8 @@
 """Sharded stores of embeddings (teacher caches and extracted features).
 
 One store holds one split: ``N`` rows of ``D`` (or ``V x D``) float16/float32 values, and per
-row the dataset index, label and relative source path. See docs/architecture.md, "The store".
+row the dataset index, label and relative source path. See docs/cache.md ("The store
+format").
 
 Typical use::
 
@@ -21,6 +22,7 @@ from storage.errors import (
     StoreError,
     StoreFormatError,
     StoreIncompleteError,
+    StoreLockedError,
     StoreMismatchError,
 )
 from storage.manifest import FORMAT_VERSION, ColumnSpec, Manifest, ShardRecord
@@ -44,6 +46,7 @@ __all__ = [
     "StoreError",
     "StoreFormatError",
     "StoreIncompleteError",
+    "StoreLockedError",
     "StoreMismatchError",
     "StoreWriter",
     "VerifyReport",

@@ -1,7 +1,9 @@
 """Atomic file writes: a kill at any point leaves the old file or the new one, never a mix.
 
 Every file CompRess writes under its final name goes through ``write_atomic`` (data to
-``<path>.tmp-<pid>-<rand>``, flush, fsync, rename, fsync of the directory).
+``<path>.tmp-<pid>-<rand>``, flush, fsync, rename, fsync of the directory), or, for data a
+library writes itself under a path, ``write_path_atomic``; ``rename_durable`` is the one
+rename-into-place (what a shard directory uses).
 """
 
 from __future__ import annotations
@@ -31,29 +33,56 @@ def temporary_name(path: str) -> str:
     return f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+def rename_durable(src: str, dst: str) -> None:
+    """Rename ``src`` onto ``dst`` (atomic on POSIX) and fsync the directory so it survives a crash."""
+    os.replace(src, dst)
+    fsync_dir(os.path.dirname(os.path.abspath(dst)))
+
+
+def tree_bytes(path: str) -> int:
+    """Size of a file, or the sum of the sizes of every file under a directory;
+    ``FileNotFoundError`` if ``path`` does not exist."""
+    if not os.path.isdir(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def write_path_atomic(path: str, write: Callable[[str], None]) -> None:
+    """``write(tmp_path)`` creates the file at a temporary sibling path; it is then fsync'd and
+    renamed onto ``path``. On any error the temporary file is removed and ``path`` is untouched."""
+    path = os.fspath(path)
+    tmp = temporary_name(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        rename_durable(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
     """``write(file)`` to a temporary sibling, fsync, rename onto ``path``.
 
     On any error the temporary file is removed and ``path`` is left as it was.
     """
-    path = os.fspath(path)
-    tmp = temporary_name(path)
-    try:
+
+    def write_file(tmp: str) -> None:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+    write_path_atomic(path, write_file)
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
-    write_atomic(path, lambda f: f.write(data))
+    def write(f: BinaryIO) -> None:
+        f.write(data)
+
+    write_atomic(path, write)
 
 
 def write_text_atomic(path: str, text: str) -> None:

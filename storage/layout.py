@@ -2,14 +2,18 @@
 
     STORE/manifest.json          the manifest (written at create and at finalize)
     STORE/shard-00000.zarr       shard data (".h5" for hdf5)
-    STORE/shard-00000.done       completion marker: JSON with the shard's checksum,
-                                 written atomically after the data is in place
-    STORE/shard-00000.zarr.tmp-* data being written (removed when that shard is retried)
+    STORE/shard-00000.done       completion marker: JSON with the shard's row range, the
+                                 store fingerprint it was written for, checksum, CRC32Cs and
+                                 byte size, written atomically after the data is in place
+    STORE/shard-00000.zarr.tmp-PID data being written by process PID (removed when that shard
+                                 is retried, or on the next run once PID is dead)
+    STORE/.writer.lock, .writer.guard  the writer lock (``writer_lock.py``)
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from storage.location import Location
@@ -18,6 +22,13 @@ from storage.manifest import MANIFEST_NAME, Manifest, ShardRecord
 SHARD_PREFIX = "shard-"
 MARKER_SUFFIX = ".done"
 TMP_INFIX = ".tmp-"
+_TMP_PID = re.compile(re.escape(TMP_INFIX) + r"(\d+)")
+
+
+def tmp_pid(entry: str) -> int | None:
+    """The writer pid in a temporary name (``x.tmp-1234`` or ``x.tmp-1234-ab12cd34``), else ``None``."""
+    m = _TMP_PID.search(entry)
+    return int(m.group(1)) if m else None
 
 
 def shard_base(shard_id: int) -> str:
@@ -45,13 +56,37 @@ def read_markers(location: Location) -> dict[int, dict[str, Any]]:
     return markers
 
 
+def make_marker(manifest: Manifest, record: ShardRecord) -> dict[str, Any]:
+    """The completion marker of a complete shard ``record`` of a store with ``manifest``'s fingerprint."""
+    return {"shard_id": record.shard_id, "start": record.start, "stop": record.stop, "fingerprint": manifest.fingerprint,
+            "checksum": record.checksum, "bytes": record.bytes, "crc32c": record.crc32c}
+
+
+def marker_record(manifest: Manifest, marker: dict[str, Any]) -> ShardRecord | None:
+    """The complete shard a marker describes, or ``None`` when it does not belong to this store:
+    unknown shard, another row range, or another fingerprint (a marker left by a writer of other
+    rows is never taken as done)."""
+    try:
+        shard_id = int(marker["shard_id"])
+        if not 0 <= shard_id < len(manifest.shards):
+            return None
+        rec = manifest.shards[shard_id]
+        if (marker.get("start"), marker.get("stop")) != (rec.start, rec.stop) or marker.get("fingerprint") != manifest.fingerprint:
+            return None
+        crc = marker.get("crc32c")
+        size = marker.get("bytes")
+        return ShardRecord(shard_id, rec.start, rec.stop, True, str(marker["checksum"]), None if size is None else int(size),
+                           None if crc is None else {str(k): [int(x) for x in v] for k, v in crc.items()})
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
 def merge_markers(manifest: Manifest, markers: dict[int, dict[str, Any]]) -> Manifest:
-    """The manifest with every shard that has a valid marker marked complete."""
-    for shard_id, marker in markers.items():
-        if 0 <= shard_id < len(manifest.shards):
-            rec = manifest.shards[shard_id]
-            if not rec.complete and marker.get("start") == rec.start and marker.get("stop") == rec.stop:
-                manifest = manifest.with_shard(ShardRecord(shard_id, rec.start, rec.stop, True, marker["checksum"]))
+    """The manifest with every shard that has a valid marker (``marker_record``) marked complete."""
+    for marker in markers.values():
+        done = marker_record(manifest, marker)
+        if done is not None and not manifest.shards[done.shard_id].complete:
+            manifest = manifest.with_shard(done)
     return manifest
 
 

@@ -15,7 +15,7 @@ import uuid
 from abc import ABC, abstractmethod
 from typing import Any
 
-from storage.atomic import fsync_dir, write_bytes_atomic
+from storage.atomic import rename_durable, tree_bytes, write_bytes_atomic
 
 MEMORY_SCHEME = "memory://"
 
@@ -50,6 +50,11 @@ class Location(ABC):
     @abstractmethod
     def makedirs(self) -> None:
         """Create the root if needed."""
+
+    def size(self, name: str) -> int | None:
+        """Bytes ``name`` occupies (a file's size, or the sum over a directory tree); ``None``
+        where the location cannot tell; ``FileNotFoundError`` if absent."""
+        return None
 
     def local_path(self, name: str = "") -> str | None:
         """A local filesystem path for ``name`` when the location is on local disk."""
@@ -87,8 +92,10 @@ class LocalLocation(Location):
         return sorted(os.listdir(self.root)) if os.path.isdir(self.root) else []
 
     def rename(self, src: str, dst: str) -> None:
-        os.replace(self._p(src), self._p(dst))
-        fsync_dir(self.root)
+        rename_durable(self._p(src), self._p(dst))
+
+    def size(self, name: str) -> int:
+        return tree_bytes(self._p(name))
 
     def remove(self, name: str) -> None:
         p = self._p(name)
@@ -141,6 +148,11 @@ class FsspecLocation(Location):
 
     def rename(self, src: str, dst: str) -> None:
         self.fs.mv(self._p(src), self._p(dst), recursive=True)
+
+    def size(self, name: str) -> int:
+        if not self.fs.exists(self._p(name)):
+            raise FileNotFoundError(self.describe(name))
+        return int(self.fs.du(self._p(name), total=True))
 
     def remove(self, name: str) -> None:
         if self.fs.exists(self._p(name)):

@@ -3,7 +3,13 @@
 The manifest is written when a store is created (every shard incomplete) and rewritten by
 ``StoreWriter.finalize`` once all shards are done. In between, each finished shard leaves a
 small completion marker beside its data (see ``writer.py``), so that several writers never
-race on the manifest; readers merge the markers in (``Manifest.with_markers``).
+race on the manifest; readers merge the markers in (``layout.read_manifest``).
+
+Format version 2 (see docs/cache.md, "The store format"): every complete shard records
+its SHA-256 ``checksum`` (canonical bytes, backend independent; ``verify``), the byte size of
+its data on disk (``bytes``; checked by ``open_store``) and a CRC32C per array (``crc32c``;
+checked as ``load_all``/``load_metadata`` read). Parsing checks that the shards tile
+``[0, n)`` exactly; any other format version is refused.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from storage.errors import StoreFormatError
 from storage.sharding import shard_ranges
 
 FORMAT_NAME = "compress-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 SUPPORTED_DTYPES = ("float16", "float32")
 
@@ -40,13 +48,21 @@ class ColumnSpec:
 
 @dataclass(frozen=True)
 class ShardRecord:
-    """One shard: rows ``[start, stop)``; ``checksum`` is set once it is complete."""
+    """One shard: rows ``[start, stop)``; the integrity fields are set once it is complete.
+
+    ``checksum``: ``sha256:<hex>`` of the canonical bytes (``ShardBlock.checksum``);
+    ``bytes``: size of the shard's data on disk (sum over a zarr directory), ``None`` where
+    the location cannot tell (memory stores); ``crc32c``: by array name, the CRC32Cs of blocks
+    of the array's canonical bytes (``ShardBlock.crc32c``).
+    """
 
     shard_id: int
     start: int
     stop: int
     complete: bool = False
     checksum: str | None = None
+    bytes: int | None = None
+    crc32c: dict[str, list[int]] | None = None
 
     @property
     def rows(self) -> int:
@@ -60,11 +76,20 @@ class ShardRecord:
             "rows": self.rows,
             "complete": self.complete,
             "checksum": self.checksum,
+            "bytes": self.bytes,
+            "crc32c": self.crc32c,
         }
 
     @staticmethod
     def from_json(obj: dict[str, Any]) -> "ShardRecord":
-        return ShardRecord(int(obj["id"]), int(obj["start"]), int(obj["stop"]), bool(obj["complete"]), obj.get("checksum"))
+        crc = obj.get("crc32c")
+        if "rows" in obj and int(obj["rows"]) != int(obj["stop"]) - int(obj["start"]):
+            raise ValueError(f"shard {obj['id']}: 'rows' is {obj['rows']} but 'stop' - 'start' is {int(obj['stop']) - int(obj['start'])}")
+        return ShardRecord(
+            int(obj["id"]), int(obj["start"]), int(obj["stop"]), bool(obj["complete"]), obj.get("checksum"),
+            None if obj.get("bytes") is None else int(obj["bytes"]),
+            None if crc is None else {str(k): [int(x) for x in v] for k, v in crc.items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -179,13 +204,18 @@ class Manifest:
         if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
             raise StoreFormatError(f"{source}: not a CompRess store manifest (no \"format\": \"{FORMAT_NAME}\")")
         version = obj.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if isinstance(version, int) and version > FORMAT_VERSION:
             raise StoreFormatError(
                 f"{source}: store format version {version!r} is newer than this package supports "
                 f"({FORMAT_VERSION}); upgrade compress-distill to read it"
             )
+        if version != FORMAT_VERSION:
+            raise StoreFormatError(
+                f"{source}: store format version {version!r} is not supported (this package reads version "
+                f"{FORMAT_VERSION}); rebuild the store with the command that built it (with --overwrite)"
+            )
         try:
-            return Manifest(
+            manifest = Manifest(
                 n=int(obj["n"]), d=int(obj["d"]), dtype=str(obj["dtype"]), backend=str(obj["backend"]),
                 shard_size=int(obj["shard_size"]), normalized=bool(obj["normalized"]),
                 views=None if obj.get("views") is None else int(obj["views"]),
@@ -194,5 +224,47 @@ class Manifest:
                 fingerprint=obj.get("fingerprint"), provenance=dict(obj.get("provenance", {})),
                 format_version=version,
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise StoreFormatError(f"{source}: manifest is missing or has a malformed field ({e!r})") from None
+        manifest.check(source)
+        return manifest
+
+    def check(self, source: str) -> None:
+        """Raise ``StoreFormatError`` naming the manifest field unless the manifest is self-consistent:
+        ``n``/``d``/``dtype``/``views``/``columns`` are valid and ``shards`` tile ``[0, n)`` exactly in
+        ``shard_size`` steps (so no row is uncovered, doubly covered or beyond ``n``)."""
+
+        def bad(field_name: str, text: str) -> StoreFormatError:
+            return StoreFormatError(f"{source}: manifest field {field_name!r} {text}")
+
+        if self.n < 0:
+            raise bad("n", f"is {self.n}; a store holds n >= 0 rows")
+        if self.d <= 0:
+            raise bad("d", f"is {self.d}; the embedding dimension must be positive")
+        if self.dtype not in SUPPORTED_DTYPES:
+            raise bad("dtype", f"is {self.dtype!r}; supported: {', '.join(SUPPORTED_DTYPES)}")
+        if self.views is not None and self.views <= 0:
+            raise bad("views", f"is {self.views}; it must be null or a positive count")
+        if self.shard_size <= 0:
+            raise bad("shard_size", f"is {self.shard_size}; it must be a positive number of rows")
+        for name, spec in self.columns.items():
+            try:
+                np.dtype(spec.dtype)
+            except TypeError:
+                raise bad("columns", f"gives column {name!r} the unknown dtype {spec.dtype!r}") from None
+            if any(s <= 0 for s in spec.shape):
+                raise bad("columns", f"gives column {name!r} the shape {list(spec.shape)}; every axis must be positive")
+        expected = shard_ranges(self.n, self.shard_size)
+        if len(self.shards) != len(expected):
+            covered = self.shards[-1].stop if self.shards else 0
+            raise bad(
+                "n", f"is {self.n} but the {len(self.shards)} shards of 'shard_size' {self.shard_size} cover rows "
+                f"[0, {covered}), which needs {len(expected)} shards; the manifest was edited or is damaged",
+            )
+        for i, (rec, want) in enumerate(zip(self.shards, expected)):
+            if (rec.shard_id, rec.start, rec.stop) != tuple(want):
+                raise bad(
+                    "shards", f"entry {i} is shard {rec.shard_id} rows [{rec.start}, {rec.stop}), expected shard {want.shard_id} "
+                    f"rows [{want.start}, {want.stop}) for 'n' {self.n} and 'shard_size' {self.shard_size}: the shards "
+                    f"must tile [0, n) exactly",
+                )

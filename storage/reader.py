@@ -3,6 +3,11 @@
 Training and evaluation read a store once, whole, into one contiguous array
 (``Store.load_all``) or a node-wide shared memory map (``Store.load_shared``); they never
 gather random rows through zarr/h5py per batch.
+
+Integrity: ``open_store`` refuses a manifest whose shards do not tile ``[0, n)`` and a store
+whose complete shards are missing or not their recorded size; ``load_all``/``load_into``,
+``load_metadata`` and ``load_column`` verify each array's CRC32C as they read it (``verify=True``
+by default; the cost is measured in bench/RESULTS.md) and name the shard on a mismatch.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from storage import integrity
 from storage.backends import ShardBackend, get_backend
 from storage.errors import NotAStoreError, StoreCorruptError, StoreIncompleteError
+from storage.integrity import REBUILD_HINT, CrcChecker, check_array, where
 from storage.layout import read_manifest, shard_data_name
 from storage.location import Location, resolve_location
 from storage.manifest import MANIFEST_NAME, Manifest, ShardRecord
-from storage.shard_block import ShardBlock
+from storage.shard_block import ShardBlock, encode_paths
 from storage.sharding import format_ranges
 
 if TYPE_CHECKING:
@@ -101,7 +108,8 @@ class Store:
 
     # ---- shard access -----------------------------------------------------------
     def content_fingerprint(self) -> str:
-        """``sha256:<hex>`` identity of a complete store's rows: shape, dtype and every shard's checksum.
+        """``sha256:<hex>`` identity of a complete store's rows: shape, dtype, views, and every shard's
+        row range and checksum.
 
         Two stores with the same fingerprint hold the same rows in the same order (in any
         backend). Raises ``StoreIncompleteError`` while a shard is unwritten.
@@ -127,10 +135,10 @@ class Store:
     def _corrupt(self, shard_id: int, err: BaseException) -> StoreCorruptError:
         rec = self.manifest.shards[shard_id]
         what = "is missing" if isinstance(err, FileNotFoundError) else f"cannot be read ({err})"
-        return StoreCorruptError(
-            f"{self.location.describe(self._shard_name(shard_id))}: shard {shard_id} "
-            f"(rows {rec.start}-{rec.stop - 1}) {what}; run `compress-cache verify {self.path}`"
-        )
+        return StoreCorruptError(f"{self.location.describe(self._shard_name(shard_id))}: {where(rec)} {what}; {REBUILD_HINT}")
+
+    def _check_crc(self, rec: ShardRecord, array: str, data: np.ndarray) -> None:
+        check_array(self.location, rec, self.backend.suffix, array, data)
 
     def read_shard(self, shard_id: int) -> ShardBlock:
         """All data of one complete shard."""
@@ -140,10 +148,12 @@ class Store:
         except (OSError, ValueError, KeyError) as e:
             raise self._corrupt(shard_id, e) from None
 
-    def load_into(self, out: np.ndarray, *, allow_incomplete: bool = False, progress: bool = False) -> np.ndarray:
+    def load_into(self, out: np.ndarray, *, allow_incomplete: bool = False, progress: bool = False, verify: bool = True) -> np.ndarray:
         """Copy all embeddings, in row order, into ``out`` of shape ``self.shape``.
 
-        Missing shards (only with ``allow_incomplete``) are left as they are in ``out``.
+        Missing shards (only with ``allow_incomplete``) are left as they are in ``out``. With
+        ``verify`` each shard's CRC32C blocks are checked as they are read (in worker threads that
+        overlap the reading of the next rows); a mismatch raises ``StoreCorruptError`` naming the shard.
         """
         if not allow_incomplete:
             self.require_complete("loading all rows")
@@ -155,11 +165,22 @@ class Store:
             from tqdm import tqdm
 
             iterator = tqdm(shards, desc=f"load {self.path}", unit="shard")
-        for rec in iterator:
-            try:
-                self.backend.read_embeddings_into(self.location, self._shard_name(rec.shard_id), out[rec.start:rec.stop])
-            except (OSError, ValueError, KeyError) as e:
-                raise self._corrupt(rec.shard_id, e) from None
+        checker = CrcChecker(self.location, self.backend.suffix) if verify else None
+        try:
+            for rec in iterator:
+                part = out[rec.start:rec.stop]
+                on_rows = None if checker is None else checker.watch(rec, "embeddings", part)
+                try:
+                    self.backend.read_embeddings_into(self.location, self._shard_name(rec.shard_id), part, on_rows)
+                except (OSError, ValueError, KeyError) as e:
+                    raise self._corrupt(rec.shard_id, e) from None
+                if on_rows is not None:
+                    on_rows(part.shape[0])
+            if checker is not None:
+                checker.finish()
+        finally:
+            if checker is not None:
+                checker.close()
         return out
 
     def load_all(
@@ -169,6 +190,7 @@ class Store:
         pin_memory: bool = False,
         device: "str | torch.device | None" = None,
         progress: bool = False,
+        verify: bool = True,
     ) -> "np.ndarray | torch.Tensor":
         """All embeddings as one contiguous array, shape ``(N, D)`` or ``(N, V, D)``.
 
@@ -177,11 +199,12 @@ class Store:
             pin_memory: with ``kind="torch"``, allocate page-locked host memory (needs CUDA;
                 ignored with a warning without it).
             device: with ``kind="torch"``, move the tensor there (e.g. ``"cuda"``).
+            verify: check every shard's CRC32C as it is read (see ``load_into``).
         """
         if kind == "numpy":
             if pin_memory or device is not None:
                 raise ValueError("pin_memory and device need kind='torch'")
-            return self.load_into(np.empty(self.shape, dtype=self.dtype), progress=progress)
+            return self.load_into(np.empty(self.shape, dtype=self.dtype), progress=progress, verify=verify)
         if kind != "torch":
             raise ValueError(f"kind must be 'numpy' or 'torch', got {kind!r}")
         import torch
@@ -191,7 +214,7 @@ class Store:
             log.warning("pin_memory=True needs CUDA, which is not available; using pageable memory")
             pin_memory = False
         tensor = torch.empty(self.shape, dtype=getattr(torch, self.manifest.dtype), pin_memory=pin_memory)
-        self.load_into(tensor.numpy(), progress=progress)
+        self.load_into(tensor.numpy(), progress=progress, verify=verify)
         if device is not None:
             tensor = tensor.to(device, non_blocking=pin_memory)
         return tensor
@@ -203,8 +226,9 @@ class Store:
 
         return load_shared(self, cache_dir=cache_dir, kind=kind)
 
-    def load_metadata(self) -> RowMetadata:
-        """Dataset index, label and relative path of every row, in row order."""
+    def load_metadata(self, *, verify: bool = True) -> RowMetadata:
+        """Dataset index, label and relative path of every row, in row order (``(N,)`` int64, ``(N,)``
+        int64, N strings); with ``verify`` each shard's CRC32Cs are checked."""
         self.require_complete("reading row metadata")
         index = np.empty(self.n, dtype=np.int64)
         labels = np.empty(self.n, dtype=np.int64)
@@ -214,13 +238,17 @@ class Store:
                 idx, lab, pth = self.backend.read_metadata(self.location, self._shard_name(rec.shard_id))
             except (OSError, ValueError, KeyError) as e:
                 raise self._corrupt(rec.shard_id, e) from None
+            if verify:
+                offsets, blob = encode_paths(pth)
+                for array, data in (("index", idx), ("labels", lab), ("path_offsets", offsets), ("path_bytes", blob)):
+                    self._check_crc(rec, array, data)
             index[rec.start:rec.stop] = idx
             labels[rec.start:rec.stop] = lab
             paths.extend(pth)
         return RowMetadata(index, labels, paths)
 
-    def load_column(self, name: str) -> np.ndarray:
-        """An extra column for all rows, shape ``(N, *spec.shape)``."""
+    def load_column(self, name: str, *, verify: bool = True) -> np.ndarray:
+        """An extra column for all rows, shape ``(N, *spec.shape)``; with ``verify`` its CRC32Cs are checked."""
         if name not in self.manifest.columns:
             raise KeyError(f"{self.path}: no column {name!r}; columns: {sorted(self.manifest.columns) or 'none'}")
         self.require_complete(f"reading column {name!r}")
@@ -231,16 +259,23 @@ class Store:
                 out[rec.start:rec.stop] = self.backend.read_column(self.location, self._shard_name(rec.shard_id), name)
             except (OSError, ValueError, KeyError) as e:
                 raise self._corrupt(rec.shard_id, e) from None
+            if verify:
+                self._check_crc(rec, f"column:{name}", out[rec.start:rec.stop])
         return out
 
 
-def open_store(path: str) -> Store:
+def open_store(path: str, *, check_files: bool = True) -> Store:
     """Open an existing store (complete or not) for reading.
 
+    Args:
+        check_files: check that every complete shard's data exists with its recorded byte size
+            (one ``stat`` per file; ``verify`` turns it off to report every problem itself).
     Raises:
         NotAStoreError: nothing there, or no manifest (the message lists split stores
             found below, e.g. ``train``/``val`` of a cache directory).
-        StoreFormatError: unreadable manifest or newer format version.
+        StoreFormatError: unreadable or inconsistent manifest (shards that do not tile ``[0, n)``),
+            or another format version; the message names the manifest field.
+        StoreCorruptError: a complete shard's data is missing or truncated (named, with how to rebuild it).
     """
     location = resolve_location(path)
     try:
@@ -252,7 +287,10 @@ def open_store(path: str) -> Store:
         raise NotAStoreError(f"{path}: not a CompRess store (no {MANIFEST_NAME}){hint}") from None
     except IsADirectoryError:
         raise NotAStoreError(f"{path}: not a CompRess store ({MANIFEST_NAME} is not a file)") from None
-    return Store(location, manifest)
+    store = Store(location, manifest)
+    if check_files:
+        integrity.check_files(location, manifest, store.backend.suffix)
+    return store
 
 
 def _split_hint(location: Location) -> str:

@@ -1,15 +1,22 @@
 """``ShardBlock``: the rows of one shard in memory, the unit every backend writes and reads.
 
-The checksum is taken over a canonical byte encoding of the block (embeddings, index,
-labels, paths, extra columns in name order), so it does not depend on the backend: a zarr
-and an hdf5 store of the same rows carry the same checksums.
+The checksums are taken over a canonical byte encoding of the block (each array C-ordered,
+little-endian; embeddings, index, labels, paths, extra columns in name order), so they do not
+depend on the backend: a zarr and an hdf5 store of the same rows carry the same checksums.
+``checksum`` (SHA-256 of everything) is the shard's identity; ``crc32c`` (per array, a list
+of CRC32Cs of consecutive blocks of about ``CRC_BLOCK_BYTES``, whole rows each) is what the
+reader verifies as it loads each array: blocks let it check in parallel threads, overlapped
+with reading the next rows.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+import crc32c as _crc32c
 import numpy as np
 
 from storage.errors import ShardWriteError
@@ -38,20 +45,57 @@ class ShardBlock:
     def rows(self) -> int:
         return int(self.embeddings.shape[0])
 
+    def arrays(self) -> Iterator[tuple[str, np.ndarray]]:
+        """``(name, canonical array)`` in checksum order: ``embeddings``, ``index``, ``labels``,
+        ``path_offsets``, ``path_bytes``, then ``column:<name>`` by name."""
+        yield "embeddings", canonical(self.embeddings)
+        yield "index", canonical(np.asarray(self.index, dtype=np.int64))
+        yield "labels", canonical(np.asarray(self.labels, dtype=np.int64))
+        offsets, blob = encode_paths(self.paths)
+        yield "path_offsets", canonical(offsets)
+        yield "path_bytes", blob
+        for name in sorted(self.columns):
+            yield f"column:{name}", canonical(self.columns[name])
+
     def checksum(self) -> str:
         """``"sha256:<hex>"`` of the canonical bytes of this block."""
         h = hashlib.sha256()
-        h.update(np.ascontiguousarray(self.embeddings).astype(self.embeddings.dtype.newbyteorder("<"), copy=False).data)
-        h.update(np.ascontiguousarray(self.index, dtype="<i8").data)
-        h.update(np.ascontiguousarray(self.labels, dtype="<i8").data)
-        offsets, blob = encode_paths(self.paths)
-        h.update(np.ascontiguousarray(offsets, dtype="<i8").data)
-        h.update(blob.data)
-        for name in sorted(self.columns):
-            col = np.ascontiguousarray(self.columns[name])
-            h.update(name.encode())
-            h.update(col.astype(col.dtype.newbyteorder("<"), copy=False).data)
+        for name, arr in self.arrays():
+            if name.startswith("column:"):
+                h.update(name.removeprefix("column:").encode())
+            h.update(arr.data)
         return "sha256:" + h.hexdigest()
+
+    def crc32c(self) -> dict[str, list[int]]:
+        """``crc_blocks`` of each array, by the names of ``arrays``."""
+        return {name: crc_blocks(arr) for name, arr in self.arrays()}
+
+
+CRC_BLOCK_BYTES = 4 << 20
+
+
+def crc_block_rows(arr: np.ndarray) -> int:
+    """Rows per CRC block of ``arr`` (axis 0 = rows): about ``CRC_BLOCK_BYTES``, at least one row."""
+    row_bytes = arr.dtype.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64))
+    return max(1, CRC_BLOCK_BYTES // max(1, row_bytes))
+
+
+def crc_blocks(arr: np.ndarray) -> list[int]:
+    """CRC32C of each block of ``crc_block_rows(arr)`` consecutive rows of ``arr``'s canonical bytes."""
+    rows = crc_block_rows(arr)
+    return [crc_of(arr[i:i + rows]) for i in range(0, arr.shape[0], rows)]
+
+
+def canonical(arr: Any) -> np.ndarray:
+    """``arr`` C-contiguous and little-endian (a view when it already is)."""
+    a = np.ascontiguousarray(arr)
+    return a.astype(a.dtype.newbyteorder("<"), copy=False)
+
+
+def crc_of(arr: np.ndarray) -> int:
+    """CRC32C of the canonical bytes of ``arr`` (releases the GIL, so threads run in parallel)."""
+    a = canonical(arr)
+    return int(_crc32c.crc32c(a.reshape(-1).view(np.uint8).data)) if a.size else 0
 
 
 def encode_paths(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,6 @@ never maps a stale copy.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import warnings
 from typing import TYPE_CHECKING, Literal
@@ -25,11 +24,8 @@ if TYPE_CHECKING:
 
 
 def shared_file_name(store: "Store") -> str:
-    """``rows-<16 hex>.npy``, a function of the shard checksums (i.e. of the content)."""
-    h = hashlib.sha256()
-    for rec in store.manifest.shards:
-        h.update(f"{rec.shard_id}:{rec.checksum};".encode())
-    return f"rows-{h.hexdigest()[:16]}.npy"
+    """``rows-<16 hex>.npy``, a function of ``Store.content_fingerprint`` (i.e. of the content)."""
+    return f"rows-{store.content_fingerprint().removeprefix('sha256:')[:16]}.npy"
 
 
 def load_shared(
@@ -70,16 +66,13 @@ def load_shared(
 
 
 def _materialise(store: "Store", path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=store.dtype, shape=store.shape)
-    try:
+    """Write the ``.npy`` copy at ``path`` atomically (checksums verified as it is read)."""
+    from storage.atomic import write_path_atomic
+
+    def write(tmp: str) -> None:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=store.dtype, shape=store.shape)
         store.load_into(out)
         out.flush()
         del out
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    write_path_atomic(path, write)

@@ -1,8 +1,8 @@
 """``verify(path)``: re-read every shard and check it against the manifest.
 
-Checks, each reported with the shard and its row range: the data file exists and reads;
-rows, shape and dtype match; the recomputed checksum equals the recorded one; every value is
-finite; rows have unit L2 norm when the store says they are normalised; dataset indices are
+Checks, each reported with the shard and its row range: the data file exists with its
+recorded byte size and reads; rows, shape and dtype match; the recomputed SHA-256 checksum and
+CRC32Cs equal the recorded ones; every value is finite; rows have unit L2 norm when the store says they are normalised; dataset indices are
 unique across the store; labels are >= -1.
 """
 
@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from storage.errors import StoreCorruptError
+from storage.integrity import REBUILD_HINT, file_problem
+from storage.layout import shard_data_name
 from storage.reader import open_store
 from storage.sharding import format_ranges
 
@@ -45,7 +47,7 @@ def verify(path: str, *, norm_tolerance: float | None = None, progress: bool = F
     Args:
         norm_tolerance: allowed ``| ||x|| - 1 |`` for normalised stores (default by dtype).
     """
-    store = open_store(path)
+    store = open_store(path, check_files=False)
     man = store.manifest
     tol = NORM_TOLERANCE[man.dtype] if norm_tolerance is None else norm_tolerance
     report = VerifyReport(path=store.path, complete=man.complete, shards_checked=0, rows_checked=0)
@@ -54,7 +56,9 @@ def verify(path: str, *, norm_tolerance: float | None = None, progress: bool = F
     expected_start = 0
     for rec in man.shards:
         if rec.start != expected_start or rec.stop <= rec.start:
-            report.problems.append(f"manifest: shard {rec.shard_id} covers rows {rec.start}-{rec.stop - 1}, expected to start at {expected_start}")
+            report.problems.append(
+                f"manifest: shard {rec.shard_id} covers rows {rec.start}-{rec.stop - 1}, expected to start at {expected_start}"
+            )
         expected_start = rec.stop
     if expected_start != man.n:
         report.problems.append(f"manifest: shards cover {expected_start} rows, the store has n={man.n}")
@@ -67,6 +71,11 @@ def verify(path: str, *, norm_tolerance: float | None = None, progress: bool = F
     all_index = []
     for rec in iterator:
         where = f"shard {rec.shard_id} (rows {rec.start}-{rec.stop - 1})"
+        problem = file_problem(store.location, man, rec, store.backend.suffix)
+        if problem is not None:
+            report.problems.append(f"{where}: {problem}; {REBUILD_HINT}")
+            if not store.location.exists(shard_data_name(rec.shard_id, store.backend.suffix)):
+                continue
         try:
             block = store.read_shard(rec.shard_id)
         except StoreCorruptError as e:
@@ -75,10 +84,15 @@ def verify(path: str, *, norm_tolerance: float | None = None, progress: bool = F
         report.shards_checked += 1
         report.rows_checked += block.rows
         if len(block.index) != rec.rows or len(block.labels) != rec.rows or len(block.paths) != rec.rows:
-            report.problems.append(f"{where}: metadata has {len(block.index)}/{len(block.labels)}/{len(block.paths)} rows (index/labels/paths), expected {rec.rows}")
+            sizes = f"{len(block.index)}/{len(block.labels)}/{len(block.paths)}"
+            report.problems.append(f"{where}: metadata has {sizes} rows (index/labels/paths), expected {rec.rows}")
         checksum = block.checksum()
         if checksum != rec.checksum:
             report.problems.append(f"{where}: checksum mismatch (recorded {rec.checksum}, data {checksum})")
+        crc = block.crc32c()
+        bad_crc = sorted(k for k, v in (rec.crc32c or {}).items() if crc.get(k) != v)
+        if bad_crc:
+            report.problems.append(f"{where}: CRC32C mismatch in {', '.join(bad_crc)}")
         emb = block.embeddings.astype(np.float32)
         finite = np.isfinite(emb).reshape(emb.shape[0], -1).all(axis=1)
         if not finite.all():

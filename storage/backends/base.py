@@ -8,6 +8,7 @@ writer's job, so they behave the same for every backend.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import numpy as np
 
@@ -30,8 +31,13 @@ class ShardBackend(ABC):
         """Write all of ``block`` under ``name`` (which does not exist yet)."""
 
     @abstractmethod
-    def read_embeddings_into(self, location: Location, name: str, out: np.ndarray) -> None:
-        """Copy the shard's embeddings into ``out`` (shape ``(R, *row_shape)``, C-contiguous)."""
+    def read_embeddings_into(self, location: Location, name: str, out: np.ndarray,
+                             on_rows: Callable[[int], None] | None = None) -> None:
+        """Copy the shard's embeddings into ``out`` (shape ``(R, *row_shape)``, C-contiguous).
+
+        ``on_rows(stop)``, if given, may be called whenever rows ``[0, stop)`` of ``out`` are final
+        (the reader checks their CRC32C meanwhile); the reader calls it with ``R`` afterwards anyway.
+        """
 
     @abstractmethod
     def read_metadata(self, location: Location, name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

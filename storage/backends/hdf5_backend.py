@@ -6,6 +6,7 @@ buffer, close to raw disk speed. HDF5 needs a local path: use zarr for remote UR
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,8 @@ from storage.backends.base import ShardBackend
 from storage.location import Location
 from storage.manifest import Manifest
 from storage.shard_block import ShardBlock, decode_paths, encode_paths
+
+READ_BLOCK_BYTES = 16 << 20
 
 
 class HDF5Backend(ShardBackend):
@@ -54,13 +57,22 @@ class HDF5Backend(ShardBackend):
         except OSError as e:
             raise OSError(f"{path}: cannot be read as HDF5 (truncated or corrupt?): {e}") from None
 
-    def read_embeddings_into(self, location: Location, name: str, out: np.ndarray) -> None:
+    def read_embeddings_into(self, location: Location, name: str, out: np.ndarray,
+                             on_rows: Callable[[int], None] | None = None) -> None:
         with self._open(location, name) as f:
             ds = f["embeddings"]
             if ds.shape != out.shape or ds.dtype != out.dtype:
                 raise ValueError(f"{self._path(location, name)}: holds {ds.shape} {ds.dtype}, expected {out.shape} {out.dtype}")
-            if out.size:
+            if not out.size:
+                return
+            if on_rows is None:
                 ds.read_direct(out)
+                return
+            step = max(1, READ_BLOCK_BYTES // max(1, out[0].nbytes))  # blocks, so checks overlap the read
+            for start in range(0, out.shape[0], step):
+                stop = min(start + step, out.shape[0])
+                ds.read_direct(out, np.s_[start:stop], np.s_[start:stop])
+                on_rows(stop)
 
     def read_metadata(self, location: Location, name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         with self._open(location, name) as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 
@@ -29,7 +30,8 @@ class MemoryBackend(ShardBackend):
     def write(self, location: Location, name: str, block: ShardBlock, manifest: Manifest) -> None:
         location.files[name] = copy.deepcopy(block)  # type: ignore[attr-defined]
 
-    def read_embeddings_into(self, location: Location, name: str, out: np.ndarray) -> None:
+    def read_embeddings_into(self, location: Location, name: str, out: np.ndarray,
+                             on_rows: Callable[[int], None] | None = None) -> None:
         src = self._block(location, name).embeddings
         if src.shape != out.shape:
             raise ValueError(f"{location.describe(name)}: holds shape {src.shape}, expected {out.shape}")
