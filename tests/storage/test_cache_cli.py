@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from cache_builder.cli import main
 from storage import create_store
+from tests.images import write_image_folder
 from tests.storage.conftest import unit_rows
 
 
@@ -72,7 +73,6 @@ def test_future_manifest_version_is_one_line(tmp_path) -> None:
     assert "manifest.json" in line and "999" in line
 
 
-@pytest.mark.xfail(reason="needs the storage branch's open_store shard-size check (issue 12, defect 5)", strict=False)
 def test_missing_shard_is_one_line(tmp_path) -> None:
     cache = _cache(tmp_path)
     os.remove(os.path.join(cache, "val", "shard-00000.h5"))
@@ -85,10 +85,8 @@ def tiny_data(tmp_path_factory) -> dict[str, str]:
     import torch
     import torchvision
 
-    from tests.cache_builder import synthetic as syn
-
     base = tmp_path_factory.mktemp("cli")
-    syn.write_image_folder(str(base / "data" / "train"), classes=2, per_class=2, seed=1)
+    write_image_folder(str(base / "data" / "train"), classes=2, per_class=2, seed=1, size=40, style="noise")
     weights = str(base / "r18.pth")
     torch.save(torchvision.models.resnet18().state_dict(), weights)
     junk = base / "junk.pth"
