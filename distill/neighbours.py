@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from distill.checkpoint import write_atomic
-from distill.topk import search
+from distill.topk import resolve_backend, search
 from storage import Store, open_store
 from storage.atomic import fsync_dir
 from storage.location import resolve_location
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 FORMAT = "compress-neighbours/1"
 MANIFEST = "neighbours.json"
 TABLE = "neighbours.npy"
-FAISS_GPU_MAX_K = 2048  # faiss-gpu's k-selection limit
 
 
 class NeighboursMismatchError(ValueError):
@@ -76,20 +75,6 @@ def cache_fingerprint(store: Store) -> str:
             raise ValueError(f"{store.path}: shard {rec.shard_id} has no checksum (incomplete store)")
         h.update(str(rec.checksum).encode())
     return h.hexdigest()[:24]
-
-
-def choose_backend(k: int) -> tuple[str, str]:
-    """``(backend, device)`` for ``distill.topk.search``: a FAISS GPU index when faiss sees a GPU
-    and ``k`` is within its selection limit, torch on CUDA when there is a GPU otherwise,
-    the FAISS CPU flat index without a GPU. (All give the same neighbours: see ``topk``.)"""
-    import faiss
-    import torch
-
-    if faiss.get_num_gpus() > 0 and k <= FAISS_GPU_MAX_K:
-        return "faiss", "cuda"
-    if torch.cuda.is_available():
-        return "torch", "cuda"
-    return "faiss", "cpu"
 
 
 def drop_self(index: np.ndarray, query_rows: np.ndarray) -> np.ndarray:
@@ -216,7 +201,7 @@ def compute_neighbours(
             stale = True
     if manifest is not None and manifest.get("complete") and not stale:
         return load_neighbours(cache_store, k)
-    backend, device = choose_backend(k + 1)
+    backend, device = resolve_backend("auto", "auto", k=k + 1)
     if rank == 0:
         os.makedirs(directory, exist_ok=True)
         if stale:

@@ -39,7 +39,7 @@ def test_knn_writes_result_with_protocol_and_fingerprints(feature_dir, tmp_path,
     result = json.load(open(out))
     assert result["protocol"] == protocol and result["params"]["ks"] in ([1, 20], [10, 20])
     assert result["split_sizes"] == {"train": 120, "val": 30}
-    assert len(result["features"]["train"]["fingerprint"]) == 64
+    assert result["features"]["train"]["fingerprint"].startswith("sha256:") and len(result["features"]["train"]["fingerprint"]) == 71
     assert result["params"]["tie_break"] and result["backend"].startswith("faiss")
     assert result["params"]["metric"] == ("l2" if protocol == "compress" else "ip")
     assert ("temperature" in result["params"]) == (protocol == "dino")
