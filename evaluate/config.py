@@ -90,8 +90,7 @@ class KnnConfig:
     device: str = setting("auto", "Search device: " + DEVICE_HELP)
     query_block: int | None = setting(None, "Queries per search block (default: 1024 torch, 8192 faiss).")
     database_block: int = setting(131072, "Train rows per search block.")
-    stream: bool = setting(False, "Stream the train rows from their store shard by shard instead of loading them.",
-                           flag="--stream")
+    stream: bool = setting(False, "Stream the train rows from their store shard by shard instead of loading them.")
 
     def __post_init__(self) -> None:
         self.validate()
