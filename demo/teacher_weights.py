@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from evaluate.models import file_sha256
+from storage.hashing import file_sha256
 
 FILE_NAME = "mobilenet_v2-b0353104.pth"
 SHA256_PREFIX = "b0353104"
@@ -45,7 +45,7 @@ def find_teacher_weights(explicit: str | None = None) -> str:
     paths = [explicit] if explicit else candidate_paths()
     for p in paths:
         if p and os.path.isfile(p):
-            digest = file_sha256(p)
+            digest = file_sha256(p).removeprefix("sha256:")
             if not digest.startswith(SHA256_PREFIX):
                 raise ValueError(f"{p}: sha256 {digest[:16]}... is not torchvision's MobileNetV2 IMAGENET1K_V1 ({SHA256_PREFIX}...)")
             return p

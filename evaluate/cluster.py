@@ -156,10 +156,9 @@ def cluster_alignment(
 
 def cluster(cfg: ClusterConfig) -> dict:
     """Run cluster alignment on a features directory; returns a result record."""
+    from distill.topk import resolve_backend
     from evaluate.feature_set import load_feature_set
     from evaluate.results import make_result
-
-    from distill.topk import resolve_backend
 
     start = time.perf_counter()
     backend, device = resolve_backend(cfg.backend, cfg.device)

@@ -73,7 +73,7 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class KnnConfig:
-    """kNN evaluation (docs/evaluate.md, "kNN").
+    """kNN evaluation (docs/evaluate.md, "Protocols").
 
     ``features``: the features directory with ``train`` and ``val`` stores. ``ks`` empty means
     the protocol's neighbour counts. ``stream`` leaves the train rows in their store and
@@ -111,7 +111,7 @@ class KnnConfig:
 
 @dataclass(frozen=True)
 class LinearConfig:
-    """Linear probe (docs/evaluate.md, "Linear probe").
+    """Linear probe (docs/evaluate.md, "Protocols").
 
     ``fast`` trains on cached features (protocol ``compress-fast``); ``fast=False`` is the
     augmented protocol (``compress``), which needs ``model``, ``data`` and ``checkpoint`` (its
@@ -159,7 +159,7 @@ class LinearConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """Cluster alignment (docs/evaluate.md, "Cluster alignment")."""
+    """Cluster alignment (docs/evaluate.md, "Protocols")."""
 
     features: str
     clusters: int = setting(1000, "k-means clusters K.")

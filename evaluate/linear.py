@@ -82,7 +82,8 @@ def train_linear_probe(
 
 
 @torch.no_grad()
-def probe_accuracy(probe: LinearProbe, features: np.ndarray, labels: np.ndarray, device: str = "cpu", block: int = 8192) -> dict[str, float]:
+def probe_accuracy(probe: LinearProbe, features: np.ndarray, labels: np.ndarray, device: str = "cpu",
+                   block: int = 8192) -> dict[str, float]:
     """Top-1 and top-5 accuracy (%) of ``probe`` on features ``(N, D)``."""
     probe.eval()
     top1 = top5 = 0
@@ -119,6 +120,7 @@ def linear(cfg: LinearConfig) -> dict:
     )
     metrics = probe_accuracy(probe, fs.val.features, fs.val.labels, device)
     params = {**asdict(cfg), "milestones": scaled_milestones(cfg.epochs), "gamma": 0.1, "augmentation": "none (cached center crop)",
-              "normalisation": "L2, then standardisation by whole-train-set statistics (all rows, labelled or not)", "train_rows_used": int(len(subset))}
+              "normalisation": "L2, then standardisation by whole-train-set statistics (all rows, labelled or not)",
+              "train_rows_used": int(len(subset))}
     return make_result("linear", "compress-fast", metrics, params, fs, wall_time=time.perf_counter() - start,
                        backend=f"torch:{device}")

@@ -36,7 +36,8 @@ def augmented_transform(eval_transform: Any) -> Callable:
     steps = list(getattr(eval_transform, "transforms", []))
     crops = [t for t in steps if isinstance(t, transforms.CenterCrop)]
     if not isinstance(eval_transform, transforms.Compose) or not crops:
-        raise UsageError(f"--full: the augmented linear protocol needs a torchvision Compose eval transform with a CenterCrop, got {eval_transform!r}")
+        raise UsageError("--full: the augmented linear protocol needs a torchvision Compose eval transform with a CenterCrop, "
+                         f"got {eval_transform!r}")
     rest = [t for t in steps if not isinstance(t, (transforms.Resize, transforms.CenterCrop))]
     return transforms.Compose([transforms.RandomResizedCrop(crops[0].size), transforms.RandomHorizontalFlip(), *rest])
 
@@ -114,6 +115,7 @@ def linear_full(cfg: Any, after_epoch: Callable[[int], None] | None = None, *, d
     import time
     from dataclasses import asdict
 
+    from cache_builder.devices import resolve_device
     from evaluate.feature_set import load_feature_set
     from evaluate.features import ImageDataset
     from evaluate.image_folder import list_classes, list_split
@@ -121,8 +123,6 @@ def linear_full(cfg: Any, after_epoch: Callable[[int], None] | None = None, *, d
     from evaluate.linear import probe_accuracy
     from evaluate.models import resolve_model
     from evaluate.results import make_result
-
-    from cache_builder.devices import resolve_device
 
     device = device or str(resolve_device(cfg.device))
     t0 = time.perf_counter()
@@ -145,7 +145,8 @@ def linear_full(cfg: Any, after_epoch: Callable[[int], None] | None = None, *, d
     )
     metrics = probe_accuracy(probe, fs.val.features, fs.val.labels, device)
     params = {**asdict(cfg), "milestones": scaled_milestones(cfg.epochs), "gamma": 0.1,
-              "augmentation": "RandomResizedCrop + RandomHorizontalFlip", "normalisation": "L2, then standardisation by whole-train-set statistics (center crop)",
+              "augmentation": "RandomResizedCrop + RandomHorizontalFlip",
+              "normalisation": "L2, then standardisation by whole-train-set statistics (center crop)",
               "train_rows_used": int(len(rows))}
     return make_result("linear", "compress", metrics, params, fs, wall_time=time.perf_counter() - t0,
                        backend=f"torch:{device}", model=resolved.identity, dataset=os.path.abspath(cfg.data))

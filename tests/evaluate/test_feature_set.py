@@ -58,8 +58,8 @@ def test_missing_split(tmp_path) -> None:
 
 
 def test_streamed_store_blocks_give_the_same_neighbours(tmp_path) -> None:
-    from evaluate.feature_set import iter_store_blocks, load_split
     from distill.topk import search
+    from evaluate.feature_set import iter_store_blocks, load_split
 
     rng = np.random.default_rng(0)
     write_store(str(tmp_path / "db"), rng.standard_normal((100, 6)), np.zeros(100, int), shard_size=16)
