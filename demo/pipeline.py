@@ -279,7 +279,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         untrained_name: (lambda: load_student(untrained)[0], dcfg.input_size),
     })
     profiles[student_name] = profiles[untrained_name]  # same architecture, same cost
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, (name, features) in enumerate(sources.items()):
         is_student = name.startswith("student CompRess")
         metrics = evaluate_features(features, os.path.join(cfg.out, "results", f"{i}"),

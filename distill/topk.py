@@ -15,7 +15,7 @@ blocks, each block's top-k candidates are merged into the running result.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -106,7 +106,7 @@ def _faiss_index(block: np.ndarray, metric: Metric, gpu: int | None):
     """A flat FAISS index holding ``block`` ``(B, D)``, on GPU ``gpu`` unless it is None."""
     import faiss
 
-    index = faiss.IndexFlatIP(block.shape[1]) if metric == "ip" else faiss.IndexFlatL2(block.shape[1])
+    index: Any = faiss.IndexFlatIP(block.shape[1]) if metric == "ip" else faiss.IndexFlatL2(block.shape[1])
     if gpu is not None:
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), gpu, index)
     index.add(block)
@@ -195,7 +195,7 @@ def search(
     k: int,
     *,
     metric: Metric = "l2",
-    backend: Backend = "auto",
+    backend: str = "auto",
     device: str | None = None,
     query_block: int | None = None,
     database_block: int = 131072,
@@ -251,7 +251,7 @@ def search(
         index = _faiss_index(block, metric, cuda_index(device) if device.startswith("cuda") else None) if backend == "faiss" else None
         for q0 in range(0, q_count, query_block):
             q = queries[q0:q0 + query_block]
-            if backend == "torch":
+            if block_t is not None:  # the torch backend
                 q_t = torch.from_numpy(q).to(device)
                 s, c = select_topk(_torch_block_scores(q_t, block_t, metric, block_sq), k)
                 if metric == "l2":

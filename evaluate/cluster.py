@@ -82,6 +82,7 @@ def faiss_kmeans(features: np.ndarray, k: int, *, iterations: int = 20, seed: in
     km = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, gpu=use_gpu,
                       max_points_per_centroid=max(256, -(-x.shape[0] // k) + 1), verbose=False)
     km.train(x)
+    assert km.centroids is not None  # set by train()
     return km.centroids.copy()
 
 
@@ -163,7 +164,7 @@ def cluster(cfg: ClusterConfig) -> dict:
     start = time.perf_counter()
     backend, device = resolve_backend(cfg.backend, cfg.device)
     fs = load_feature_set(cfg.features)
-    out = cluster_alignment(fs.train.features, fs.train.labels, fs.val.features, fs.val.labels,
+    out = cluster_alignment(fs.train.rows, fs.train.labels, fs.val.rows, fs.val.labels,
                             clusters=cfg.clusters, iterations=cfg.iterations, seed=cfg.seed, backend=backend, device=device)
     extra: dict = {"timings": {k: round(v, 4) for k, v in out["timings"].items()}}
     if cfg.confusion:
@@ -171,7 +172,7 @@ def cluster(cfg: ClusterConfig) -> dict:
         matrix = confusion_matrix(fs.val.labels, out["val_predictions"], fs.num_classes)
         write_atomic(cfg.confusion, lambda f: np.save(f, matrix))
         extra["confusion_matrix"] = cfg.confusion
-    if cfg.grid:
+    if cfg.grid and cfg.data_root:  # ClusterConfig.validate: a grid needs data_root
         from evaluate.cluster_grid import save_cluster_grid
 
         save_cluster_grid(cfg.grid, cfg.data_root, fs.train.paths, out["train_clusters"],

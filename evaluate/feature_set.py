@@ -47,6 +47,17 @@ class FeatureSplit:
         return int(self.shape[0])
 
     @property
+    def rows(self) -> np.ndarray:
+        """``features`` of a split loaded into RAM, ``(N, D)`` float32.
+
+        Raises:
+            FeatureError: the split was opened for streaming (``load=False``).
+        """
+        if self.features is None:
+            raise FeatureError(f"{self.source}: the split was opened for streaming; its rows are not in memory")
+        return self.features
+
+    @property
     def d(self) -> int:
         return int(self.shape[1])
 
@@ -99,7 +110,7 @@ def load_split(path: str, *, require_labels: bool = True, load: bool = True) -> 
         raise FeatureError(f"{path}: the split is empty (0 rows); nothing to evaluate")
     if store.views is not None:
         raise FeatureError(f"{path}: a multi-view store {store.shape} cannot be evaluated; expected (N, D) rows")
-    features = l2_normalize(store.load_all()) if load else None
+    features = l2_normalize(np.asarray(store.load_all())) if load else None
     meta = store.load_metadata()
     if require_labels and bool((meta.labels < 0).all()):
         raise FeatureError(

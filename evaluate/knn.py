@@ -144,13 +144,13 @@ def knn(cfg: KnnConfig) -> dict:
     if cfg.stream:
         if max(cfg.resolved_ks) > fs.train.n:
             raise FeatureError(f"k = {max(cfg.resolved_ks)} is larger than the train set ({fs.train.n} rows)")
-        sims, idx = search(fs.val.features, iter_store_blocks(fs.train.source), max(cfg.resolved_ks),
+        sims, idx = search(fs.val.rows, iter_store_blocks(fs.train.source), max(cfg.resolved_ks),
                            metric=PROTOCOLS[cfg.protocol]["metric"], backend=backend, device=device, query_block=cfg.query_block)
         metrics = score_neighbours(sims, idx, fs.train.labels, fs.val.labels, protocol=cfg.protocol,
                                    ks=cfg.resolved_ks, temperature=cfg.temperature)
     else:
         metrics = knn_classify(
-            fs.train.features, fs.train.labels, fs.val.features, fs.val.labels,
+            fs.train.rows, fs.train.labels, fs.val.rows, fs.val.labels,
             protocol=cfg.protocol, ks=cfg.resolved_ks, temperature=cfg.temperature, backend=backend, device=device,
             query_block=cfg.query_block, database_block=cfg.database_block,
         )

@@ -34,7 +34,7 @@ def label_subset(labels: np.ndarray, *, fraction: float | None = None, shots: in
     keep = []
     for c in np.unique(labels[labels >= 0]):
         rows = np.flatnonzero(labels == c)
-        take = shots if shots is not None else max(1, int(round(fraction * len(rows))))
+        take = shots if shots is not None else max(1, int(round(float(fraction or 0) * len(rows))))
         if take > len(rows):
             raise UsageError(f"--shots {shots}: class {c} has {len(rows)} train rows, fewer than shots = {shots}")
         keep.append(rng.permutation(rows)[:take])

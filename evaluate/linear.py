@@ -35,6 +35,9 @@ class LinearProbe(nn.Module):
     state dict) computed once, never updated by training batches.
     """
 
+    mean: torch.Tensor
+    inv_std: torch.Tensor
+
     def __init__(self, mean: torch.Tensor, var: torch.Tensor, num_classes: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.register_buffer("mean", mean.clone())
@@ -114,11 +117,11 @@ def linear(cfg: LinearConfig) -> dict:
     labelled = np.flatnonzero(fs.train.labels >= 0)
     subset = labelled[label_subset(fs.train.labels[labelled], fraction=cfg.fraction, shots=cfg.shots, seed=cfg.seed)]
     probe = train_linear_probe(
-        fs.train.features[subset], fs.train.labels[subset], fs.num_classes, epochs=cfg.epochs, lr=cfg.lr,
+        fs.train.rows[subset], fs.train.labels[subset], fs.num_classes, epochs=cfg.epochs, lr=cfg.lr,
         momentum=cfg.momentum, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, seed=cfg.seed, device=device,
-        statistics_from=fs.train.features,
+        statistics_from=fs.train.rows,
     )
-    metrics = probe_accuracy(probe, fs.val.features, fs.val.labels, device)
+    metrics = probe_accuracy(probe, fs.val.rows, fs.val.labels, device)
     params = {**asdict(cfg), "milestones": scaled_milestones(cfg.epochs), "gamma": 0.1, "augmentation": "none (cached center crop)",
               "normalisation": "L2, then standardisation by whole-train-set statistics (all rows, labelled or not)",
               "train_rows_used": int(len(subset))}

@@ -134,7 +134,7 @@ def linear_full(cfg: Any, after_epoch: Callable[[int], None] | None = None, *, d
     labels = np.asarray(listing.labels)
     rows = label_subset(labels, fraction=cfg.fraction, shots=cfg.shots, seed=cfg.seed)
     train_tf = augmented_transform(resolved.transform)
-    x = torch.from_numpy(fs.train.features)
+    x = torch.from_numpy(fs.train.rows)
     identity = {"model": resolved.identity, "data": os.path.abspath(cfg.data), "features": fs.train.fingerprint,
                 **{k: v for k, v in asdict(cfg).items() if k not in ("features", "checkpoint", "device", "workers")}}
     probe = train_augmented_probe(
@@ -143,7 +143,7 @@ def linear_full(cfg: Any, after_epoch: Callable[[int], None] | None = None, *, d
         batch_size=cfg.batch_size, seed=cfg.seed, device=device, checkpoint=cfg.checkpoint, identity=identity,
         workers=cfg.workers, after_epoch=after_epoch,
     )
-    metrics = probe_accuracy(probe, fs.val.features, fs.val.labels, device)
+    metrics = probe_accuracy(probe, fs.val.rows, fs.val.labels, device)
     params = {**asdict(cfg), "milestones": scaled_milestones(cfg.epochs), "gamma": 0.1,
               "augmentation": "RandomResizedCrop + RandomHorizontalFlip",
               "normalisation": "L2, then standardisation by whole-train-set statistics (center crop)",

@@ -83,7 +83,9 @@ def read_results(sources: list[str]) -> list[dict[str, Any]]:
                 raise ResultError(f"{src}: no evaluation results (JSON files with 'command' and 'metrics') found below it")
             out.extend(found)
         elif os.path.isfile(src):
-            out.append(_read_one(src, strict=True))
+            record = _read_one(src, strict=True)
+            if record is not None:  # strict: never None
+                out.append(record)
         else:
             raise ResultError(f"{src}: no such result file or run directory")
     return out

@@ -50,8 +50,7 @@ def test_bad_options_are_one_line_usage_errors(args, culprit, monkeypatch) -> No
     assert res.exit_code == 2 and res.output.strip() == f"Error: {culprit}, got 0"
 
 
-def test_missing_weights_are_one_line(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("COMPRESS_DEBUG", "0")
+def test_missing_weights_are_one_line(tmp_path) -> None:
     res = CliRunner().invoke(main, ["--out", str(tmp_path / "o"), "--weights", str(tmp_path / "none.pth")])
     assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1 and "none.pth" in res.output
 
