@@ -51,7 +51,7 @@ def _distill_options(command: Any) -> Any:
                         help="Show progress bars.")(command)
 
 
-@compress_group(invoke_without_command=True)
+@compress_group(invoke_without_command=True, subcommand_metavar="")
 @config_file_option
 @config_options(DemoConfig)
 @_distill_options
