@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.knn import clustered, cpu_name  # noqa: E402
+from cache_builder.devices import DEVICE_HELP, resolve_device  # noqa: E402
 from evaluate.cluster import aligned_accuracy, assign, faiss_kmeans, match_clusters, torch_kmeans  # noqa: E402
 
 
@@ -38,8 +39,9 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = p.parse_args()
+    args.device = str(resolve_device(args.device))
     import scipy.optimize  # noqa: F401  (import outside the timed Hungarian)
     print(f"machine: {os.cpu_count()} cores ({cpu_name()}), torch threads {torch.get_num_threads()}, device {args.device}")
     print(f"k-means {args.clusters} clusters x {args.iterations} iterations on {args.points} x {args.dim}, "

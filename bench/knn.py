@@ -25,6 +25,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from cache_builder.devices import DEVICE_HELP, resolve_device  # noqa: E402
+from distill.topk import faiss_gpu_count  # noqa: E402
 from evaluate.knn import knn_classify  # noqa: E402
 
 
@@ -96,8 +98,9 @@ def main() -> None:
     p.add_argument("--dims", type=int, nargs="+", default=[128, 2048])
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = p.parse_args()
+    args.device = str(resolve_device(args.device))
     print(f"machine: {os.cpu_count()} cores ({cpu_name()}), torch threads {torch.get_num_threads()}, "
           f"device {args.device}{' (' + torch.cuda.get_device_name() + ')' if args.device.startswith('cuda') else ''}")
     print(f"{args.queries} queries x {args.database} database, {args.classes} classes, median of {args.repeats}\n")
@@ -113,10 +116,11 @@ def main() -> None:
             if protocol == "compress":
                 rows.append(("compress-ref (faiss L2 + Counter)", *timed(lambda: compress_reference(train, tl, val, vl), args.repeats)))
             else:
-                rows.append(("dino-ref (chunked matmul + topk)", *timed(lambda: dino_reference(train, tl, val, vl, args.classes), args.repeats)))
+                rows.append(("dino-ref (chunked matmul + topk)",
+                             *timed(lambda: dino_reference(train, tl, val, vl, args.classes), args.repeats)))
             fastest = min(r[1] for r in rows)
             for backend in ("faiss", "torch"):
-                dev = "cpu" if backend == "faiss" else args.device
+                dev = "cpu" if backend == "faiss" and not faiss_gpu_count() else args.device
                 rows.append((f"evaluate.knn backend={backend}", *timed(
                     lambda: knn_classify(train, tl, val, vl, protocol=protocol, ks=ks, backend=backend, device=dev), args.repeats)))
             for name, seconds, metrics in rows:

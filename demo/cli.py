@@ -1,39 +1,61 @@
 """``compress-demo``: the whole CompRess pipeline on real images, offline, in minutes.
 
-A thin layer over ``demo.pipeline.run_demo``; heavy modules are imported inside the command
-so that ``--help`` is instant.
+A thin layer over ``demo.pipeline.run_demo``: the demo's own options come from ``DemoConfig``,
+the distillation options it exposes set fields of its nested ``DistillConfig`` (unset ones
+keep the demo's recipe, ``demo.config.DISTILL_OVERRIDES``, then DistillConfig's defaults).
+Heavy modules are imported inside the command so that ``--help`` is instant.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import click
 
+from demo.config import DISTILL_OVERRIDES, DemoConfig
+from storage.cli_errors import compress_group
+from storage.config_options import CommaTuple, config_file_option, config_from_params, config_options
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--out", default="runs/demo", show_default=True, help="Output directory (rerunning reuses and resumes what is there).")
-@click.option("--full", is_flag=True, help="Use every image available (60k/10k with the full Fashion-MNIST installed; meant for a GPU).")
-@click.option("--train-per-class", default=1000, show_default=True, help="Balanced subset: train images per class (10 classes).")
-@click.option("--val-per-class", default=200, show_default=True, help="Balanced subset: val images per class.")
-@click.option("--teacher-size", default=64, show_default=True, help="Teacher input size (28 px images are upsampled).")
-@click.option("--student", default="micro_mobilenet", show_default=True, help="Student spec (see docs/distill.md).")
-@click.option("--student-size", default=32, show_default=True, help="Student input size.")
-@click.option("--variant", type=click.Choice(["2q", "2q-momentum", "1q"]), default="1q", show_default=True)
-@click.option("--bank", type=click.Choice(["queue", "static-faiss"]), default="queue", show_default=True,
-              help="queue: the paper's FIFO bank; static-faiss: each image's top-512 teacher neighbours + 2048 random rows (needs --variant 1q).")
-@click.option("--bank-size", default=4096, show_default=True, help="Anchors in the memory bank (queue).")
-@click.option("--epochs", default=20, show_default=True)
-@click.option("--batch-size", default=128, show_default=True)
-@click.option("--lr", default=0.05, show_default=True, help="SGD learning rate (cosine schedule).")
-@click.option("--temperature", default=0.04, show_default=True, help="Teacher and student softmax temperature.")
-@click.option("--weights", default=None, help="MobileNetV2 ImageNet weights (default: looked up offline; see the README).")
-@click.option("--workers", default=2, show_default=True, help="DataLoader workers.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--progress/--no-progress", default=True, show_default=True)
-def main(out, full, train_per_class, val_per_class, teacher_size, student, student_size, variant, bank, bank_size, epochs,
-         batch_size, lr, temperature, weights, workers, device, seed, progress) -> None:
+
+def _recipe(name: str) -> str:
+    return f" [demo: {DISTILL_OVERRIDES[name]}]" if name in DISTILL_OVERRIDES else ""
+
+
+# (option, DistillConfig field(s), click type, help): the distillation settings the demo exposes
+DISTILL_OPTIONS: tuple[tuple[str, tuple[str, ...], Any, str], ...] = (
+    ("--student", ("student",), str, "Student spec (compress-distill list-students)." + _recipe("student")),
+    ("--student-size", ("input_size",), int, "Student input size." + _recipe("input_size")),
+    ("--dim", ("dim",), int, "Student embedding dimension." + _recipe("dim")),
+    ("--variant", ("variant",), click.Choice(["2q", "2q-momentum", "1q"]), "CompRess variant." + _recipe("variant")),
+    ("--bank", ("bank",), click.Choice(["queue", "static-faiss"]),
+     "queue: the paper's FIFO bank; static-faiss: each image's teacher neighbours + random rows (needs --variant 1q)."
+     + _recipe("bank")),
+    ("--bank-size", ("bank_size",), int, "Anchors in the memory bank (queue)." + _recipe("bank_size")),
+    ("--epochs", ("epochs",), int, "Distillation epochs." + _recipe("epochs")),
+    ("--batch-size", ("batch_size",), int, "Distillation batch size." + _recipe("batch_size")),
+    ("--lr", ("lr",), float, "SGD learning rate (cosine schedule)." + _recipe("lr")),
+    ("--crop-scale", ("crop_scale",), CommaTuple(float, 2), "RandomResizedCrop scale range, e.g. 0.5,1." + _recipe("crop_scale")),
+    ("--temperature", ("t_teacher", "t_student"), float, "Teacher and student softmax temperature." + _recipe("t_teacher")),
+    ("--workers", ("workers",), int, "DataLoader workers of every stage." + _recipe("workers")),
+    ("--device", ("device",), str, "Device of every stage: auto (the GPU when CUDA is available, else cpu), cpu, cuda or cuda:N "
+                                   "[default: auto]."),
+    ("--seed", ("seed",), int, "Seed of the subset, the distillation and the untrained student [default: 0]."),
+)
+
+
+def _distill_options(command: Any) -> Any:
+    for flag, fields, tp, help_text in reversed(DISTILL_OPTIONS):
+        command = click.option(flag, "distill_" + fields[0], type=tp, default=None, help=help_text)(command)
+    return click.option("--progress/--no-progress", "distill_progress", default=True, show_default=True,
+                        help="Show progress bars.")(command)
+
+
+@compress_group(invoke_without_command=True, subcommand_metavar="")
+@config_file_option
+@config_options(DemoConfig)
+@_distill_options
+def main(**params: Any) -> None:
     """Cache a pretrained teacher, distil a 40x smaller student without labels, evaluate
     teacher, student, untrained student and raw pixels, and print the comparison table.
 
@@ -42,16 +64,16 @@ def main(out, full, train_per_class, val_per_class, teacher_size, student, stude
     """
     logging.basicConfig(level=logging.INFO, format="[compress-demo] %(message)s")
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader logs every instruction set it tries
-    from demo.pipeline import DemoConfig, run_demo
+    from demo.config import demo_distill_config
+    from demo.pipeline import run_demo
 
-    try:
-        cfg = DemoConfig(out=out, full=full, train_per_class=train_per_class, val_per_class=val_per_class, teacher_size=teacher_size,
-                         student=student, student_size=student_size, variant=variant, bank=bank, bank_size=bank_size, epochs=epochs,
-                         batch_size=batch_size, lr=lr, t=temperature, weights=weights, workers=workers, device=device, seed=seed,
-                         progress=progress)
-        result = run_demo(cfg)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        raise click.ClickException(str(e)) from None
+    changes: dict[str, Any] = {"progress": params["distill_progress"]}
+    for _, fields, _, _ in DISTILL_OPTIONS:
+        value = params["distill_" + fields[0]]
+        if value is not None:
+            changes.update({name: value for name in fields})
+    cfg = config_from_params(DemoConfig, params, distill=demo_distill_config(**changes))
+    result = run_demo(cfg)
     s = result["summary"]
     click.echo("")
     click.echo(result["table"])

@@ -16,6 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from storage.errors import CompressError, UsageError
+
+
+class DemoDataError(CompressError, ValueError):
+    """A Fashion-MNIST file is not a complete uint8 IDX file."""
+
 CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot")
 SUBSET_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "fashion_mnist_subset.npz")
 FULL_SET_DIRS = ("/usr/share/datasets/fashion-mnist",)
@@ -40,12 +46,12 @@ def read_idx(path: str) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path}: not an uint8 IDX file (magic bytes {raw[:4]!r})")
+        raise DemoDataError(f"{path}: not an uint8 IDX file (magic bytes {raw[:4]!r})")
     ndim = raw[3]
     dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: header says {dims} = {int(np.prod(dims))} values, file holds {data.size} (truncated?)")
+        raise DemoDataError(f"{path}: header says {dims} = {int(np.prod(dims))} values, file holds {data.size} (truncated?)")
     return data.reshape(dims)
 
 
@@ -90,7 +96,7 @@ def balanced_subset(split: Split, per_class: int, seed: int) -> Split:
     for c in np.unique(split.labels):
         members = np.flatnonzero(split.labels == c)
         if len(members) < per_class:
-            raise ValueError(f"class {c} has {len(members)} images, {per_class} requested")
+            raise UsageError(f"--train-per-class/--val-per-class {per_class}: class {c} has {len(members)} images, {per_class} requested")
         picks.append(np.sort(rng.choice(members, per_class, replace=False)))
     order = np.sort(np.concatenate(picks))
     return Split(split.images[order], split.labels[order])

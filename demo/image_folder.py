@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from demo.fashion_mnist import CLASSES, Split
+from storage.atomic import fsync_dir, write_text_atomic
 
 MARKER = ".complete"
 
@@ -37,8 +38,8 @@ def export_split(split: Split, out_dir: str) -> bool:
         os.makedirs(os.path.join(tmp, name))
     for i, (image, label) in enumerate(zip(split.images, split.labels)):
         Image.fromarray(image, mode="L").save(os.path.join(tmp, CLASSES[int(label)], f"{i:05d}.png"), optimize=False)
-    with open(os.path.join(tmp, MARKER), "w") as f:
-        f.write(fingerprint + "\n")
+    write_text_atomic(os.path.join(tmp, MARKER), fingerprint + "\n")
     shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    os.replace(tmp, out_dir)  # a directory: storage.atomic writes files; the marker inside makes it complete
+    fsync_dir(os.path.dirname(os.path.abspath(out_dir)))
     return True

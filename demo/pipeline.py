@@ -24,65 +24,20 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from demo.config import DemoConfig, demo_distill_config
 from demo.fashion_mnist import Split, balanced_subset, find_full_set, load_full_set, load_subset
 from demo.image_folder import export_split
+from storage.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+
+__all__ = ["METRICS", "DemoConfig", "demo_distill_config", "run_demo"]
 
 log = logging.getLogger(__name__)
 TEACHER = "supervised_mobilenet_v2"
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Settings of the demo (defaults: 10k/2k images, about three to five minutes on a 2-core CPU).
-
-    Attributes:
-        out: output directory.
-        train_per_class / val_per_class: balanced subset size; ``full`` uses every image
-            available (60k/10k when the full Fashion-MNIST is installed).
-        teacher_size: the teacher's input size (28 px images are upsampled).
-        student / student_size / dim: the student spec, its input size and head dimension.
-        variant, bank, bank_size, neighbours, random_anchors, tail_correction, epochs, batch_size, lr, t:
-            distillation settings (``compress-distill run``; ``neighbours``,
-            ``random_anchors`` and ``tail_correction`` are used by ``bank="static-faiss"`` only).
-        weights: MobileNetV2 ImageNet weights file (default: looked up offline).
-        workers: DataLoader workers. device: ``auto``, ``cpu``, ``cuda``.
-    """
-
-    out: str = "runs/demo"
-    train_per_class: int = 1000
-    val_per_class: int = 200
-    full: bool = False
-    teacher_size: int = 64
-    student: str = "micro_mobilenet"
-    student_size: int = 32
-    dim: int = 128
-    variant: str = "1q"
-    bank: str = "queue"
-    bank_size: int = 4096
-    neighbours: int = 512
-    random_anchors: int = 2048
-    tail_correction: bool = True
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 0.05
-    t: float = 0.04
-    crop_scale: tuple[float, float] = (0.5, 1.0)
-    weights: str | None = None
-    workers: int = 2
-    device: str = "auto"
-    seed: int = 0
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.train_per_class < 1 or self.val_per_class < 1:
-            raise ValueError(f"train/val per class must be >= 1, got {self.train_per_class}/{self.val_per_class}")
 
 
 # ---- stage 1: data ----------------------------------------------------------------------
@@ -98,8 +53,8 @@ def demo_splits(cfg: DemoConfig) -> tuple[Split, Split, str]:
         if cfg.full:
             log.warning("the full Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist): using the bundled 10k/2k")
     if not cfg.full:
-        train = balanced_subset(train, cfg.train_per_class, cfg.seed)
-        val = balanced_subset(val, cfg.val_per_class, cfg.seed + 1)
+        train = balanced_subset(train, cfg.train_per_class, cfg.distill.seed)
+        val = balanced_subset(val, cfg.val_per_class, cfg.distill.seed + 1)
     return train, val, source
 
 
@@ -121,23 +76,15 @@ def build_teacher_cache(cfg: DemoConfig, data: str, weights: str) -> str:
     cache = os.path.join(cfg.out, "cache")
     build_cache(BuildConfig(
         teacher=TEACHER, weights=weights, data=data, out=cache, input_size=cfg.teacher_size, resize_size=cfg.teacher_size,
-        batch_size=128, workers=cfg.workers, device=cfg.device, progress=cfg.progress, knn=False,
+        batch_size=128, workers=cfg.distill.workers, device=cfg.distill.device, progress=cfg.distill.progress, knn=False,
     ))
     return cache
 
 
 # ---- stage 3: distillation --------------------------------------------------------------
 def distill_config(cfg: DemoConfig, cache: str, data: str) -> Any:
-    from distill.engine import DistillConfig
-
-    return DistillConfig(
-        cache=cache, data=data, out=os.path.join(cfg.out, "runs", "student"), student=cfg.student, dim=cfg.dim,
-        variant=cfg.variant, bank=cfg.bank, bank_size=cfg.bank_size, neighbours=cfg.neighbours,
-        random_anchors=cfg.random_anchors, tail_correction=cfg.tail_correction, t_teacher=cfg.t, t_student=cfg.t, epochs=cfg.epochs,
-        batch_size=cfg.batch_size, lr=cfg.lr, schedule="cosine", input_size=cfg.student_size, crop_scale=cfg.crop_scale,
-        workers=cfg.workers, device=cfg.device, seed=cfg.seed, log_every=10, ckpt_every=200, progress=cfg.progress,
-        probe_size=512,
-    )
+    """The demo's nested ``DistillConfig`` pointed at its cache, data and ``OUT/runs/student``."""
+    return dataclasses.replace(cfg.distill, cache=cache, data=data, out=os.path.join(cfg.out, "runs", "student"))
 
 
 # ---- stage 4: features ------------------------------------------------------------------
@@ -174,22 +121,15 @@ def raw_pixel_features(splits: dict[str, Split], data: str, out: str) -> str:
     return out
 
 
-def eval_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def model_features(model: str, data: str, out: str, cfg: DemoConfig) -> str:
     """Features of ``model`` (a run dir or export) in ``out``: reused while model and data are
     the same, re-extracted (replacing the old ones) when either changed."""
+    from cache_builder.devices import resolve_device
     from evaluate.features import FeaturesConfig, extract_features
 
-    extract_features(FeaturesConfig(model=model, data=data, out=out, batch_size=256, workers=cfg.workers, device=eval_device(cfg.device),
-                                     progress=cfg.progress, overwrite=True))
+    d = cfg.distill
+    extract_features(FeaturesConfig(model=model, data=data, out=out, batch_size=256, workers=d.workers,
+                                    device=str(resolve_device(d.device)), progress=d.progress, overwrite=True))
     return out
 
 
@@ -234,9 +174,10 @@ def evaluate_features(features: str, results_dir: str, *, grid: str | None = Non
 
 
 def _features_stamp(features: str) -> str:
+    """The content fingerprints (``Store.content_fingerprint``) of the train and val stores."""
     from storage import open_store
 
-    return "|".join(str(rec.checksum) for split in ("train", "val") for rec in open_store(os.path.join(features, split)).manifest.shards)
+    return "|".join(open_store(os.path.join(features, split)).content_fingerprint() for split in ("train", "val"))
 
 
 def load_profiles(path: str, models: dict[str, tuple[Any, int]]) -> dict[str, dict[str, Any]]:
@@ -251,9 +192,7 @@ def load_profiles(path: str, models: dict[str, tuple[Any, int]]) -> dict[str, di
         known[name] = dataclasses.asdict(profile_model(build(), size))
     if missing:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(known, f, indent=2)
-        os.replace(path + ".tmp", path)
+        write_json_atomic(path, known)
     return {name: known[name] for name in models}
 
 
@@ -276,7 +215,7 @@ def write_report(cfg: DemoConfig, rows: list[dict[str, Any]], summary: dict[str,
     """``results.md`` (+ ``results.json``) and the bar chart; returns the paths."""
     from evaluate.results import bar_chart
 
-    out = cfg.out
+    out, d = cfg.out, cfg.distill
     cols = [c for c, *_ in METRICS]
     chart = bar_chart([r["name"] for r in rows], cols, [[r["metrics"][c] for c in cols] for r in rows], os.path.join(out, "accuracy.png"))
     table = results_table(rows)
@@ -284,8 +223,8 @@ def write_report(cfg: DemoConfig, rows: list[dict[str, Any]], summary: dict[str,
         "# CompRess demo: MobileNetV2 (ImageNet) -> micro_mobilenet on Fashion-MNIST",
         "",
         f"Data: {summary['source']}, {summary['train']} train / {summary['val']} val images. Teacher: torchvision MobileNetV2 "
-        f"(ImageNet-supervised) at {cfg.teacher_size} px; student: `{cfg.student}` at {cfg.student_size} px, distilled with "
-        f"CompRess `{cfg.variant}` (bank {summary['bank_size']}, tau {cfg.t}, {cfg.epochs} epochs, no labels). Accuracies in % on val; "
+        f"(ImageNet-supervised) at {cfg.teacher_size} px; student: `{d.student}` at {d.input_size} px, distilled with "
+        f"CompRess `{d.variant}` (bank {summary['bank_size']}, tau {d.t_teacher}, {d.epochs} epochs, no labels). Accuracies in % on val; "
         "kNN and cluster alignment as in docs/evaluate.md (cluster: 10 clusters, Hungarian on train); linear = fast probe on "
         "frozen features. img/s: forward throughput on this machine, batch 256.",
         "",
@@ -301,16 +240,14 @@ def write_report(cfg: DemoConfig, rows: list[dict[str, Any]], summary: dict[str,
         "![clusters](clusters.png)",
     ]
     md = os.path.join(out, "results.md")
-    with open(md + ".tmp", "w") as f:
-        f.write("\n".join(text) + "\n")
-    os.replace(md + ".tmp", md)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"config": _config_json(cfg), "summary": summary, "rows": rows}, f, indent=2)
+    write_text_atomic(md, "\n".join(text) + "\n")
+    write_json_atomic(os.path.join(out, "results.json"), {"config": _config_json(cfg), "summary": summary, "rows": rows})
     return {"table": md, "chart": chart, "loss_curve": os.path.join(out, "loss_curve.png"), "clusters": os.path.join(out, "clusters.png")}
 
 
 def _config_json(cfg: DemoConfig) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    """The demo config with its nested distillation config, JSON-ready."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
 # ---- the whole demo -----------------------------------------------------------------------
@@ -330,33 +267,35 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     cache = build_teacher_cache(cfg, data, weights)
     dcfg = distill_config(cfg, cache, data)
     distill_run(dcfg)
-    shutil.copyfile(os.path.join(dcfg.out, "loss_curve.png"), os.path.join(cfg.out, "loss_curve.png"))
+    with open(os.path.join(dcfg.out, "loss_curve.png"), "rb") as f:
+        write_bytes_atomic(os.path.join(cfg.out, "loss_curve.png"), f.read())
     untrained = os.path.join(cfg.out, "runs", "untrained", "student.pth")
-    export_untrained(cfg.student, cfg.dim, cfg.student_size, untrained, seed=cfg.seed)
+    export_untrained(dcfg.student, dcfg.dim, dcfg.input_size, untrained, seed=dcfg.seed)
 
     feats = os.path.join(cfg.out, "features")
     sources = {
         "raw pixels": raw_pixel_features(splits, data, os.path.join(feats, "pixels")),
         f"teacher: MobileNetV2 @{cfg.teacher_size}px": cache,
-        f"student untrained: {cfg.student} @{cfg.student_size}px": model_features(untrained, data, os.path.join(feats, "untrained"), cfg),
-        f"student CompRess: {cfg.student} @{cfg.student_size}px": model_features(dcfg.out, data, os.path.join(feats, "student"), cfg),
+        f"student untrained: {dcfg.student} @{dcfg.input_size}px": model_features(untrained, data, os.path.join(feats, "untrained"), cfg),
+        f"student CompRess: {dcfg.student} @{dcfg.input_size}px": model_features(dcfg.out, data, os.path.join(feats, "student"), cfg),
     }
     teacher_name, untrained_name, student_name = list(sources)[1:]
     profiles = load_profiles(os.path.join(cfg.out, "results", "profiles.json"), {
         teacher_name: (lambda: load_teacher(TEACHER, weights)[0], cfg.teacher_size),
-        untrained_name: (lambda: load_student(untrained)[0], cfg.student_size),
+        untrained_name: (lambda: load_student(untrained)[0], dcfg.input_size),
     })
     profiles[student_name] = profiles[untrained_name]  # same architecture, same cost
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, (name, features) in enumerate(sources.items()):
         is_student = name.startswith("student CompRess")
-        metrics = evaluate_features(features, os.path.join(cfg.out, "results", f"{i}"), grid=os.path.join(cfg.out, "clusters.png") if is_student else None,
+        metrics = evaluate_features(features, os.path.join(cfg.out, "results", f"{i}"),
+                                    grid=os.path.join(cfg.out, "clusters.png") if is_student else None,
                                     data_root=data if is_student else None)
         rows.append({"name": name, "features": features, "metrics": metrics, "profile": profiles.get(name)})
     teacher, untrained_row, student = rows[1]["metrics"], rows[2]["metrics"], rows[3]["metrics"]
     summary = {
         "source": source, "train": len(splits["train"].labels), "val": len(splits["val"].labels),
-        "bank_size": min(cfg.bank_size, len(splits["train"].labels)),
+        "bank_size": min(dcfg.bank_size, len(splits["train"].labels)),
         "knn_ratio": student["kNN-20"] / teacher["kNN-20"], "knn_gain": student["kNN-20"] - untrained_row["kNN-20"],
         "wall_time_s": time.perf_counter() - start, "torch_threads": torch.get_num_threads(),
     }

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from distill.topk import search
+from distill.topk import resolve_backend, search
 from storage import open_store
 from storage.atomic import write_atomic
 from storage.errors import CompressError, UsageError
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 FORMAT = "compress-neighbours/2"  # 2: the cache fingerprint is Store.content_fingerprint()
 MANIFEST = "neighbours.json"
 TABLE = "neighbours.npy"
-FAISS_GPU_MAX_K = 2048  # faiss-gpu's k-selection limit
 
 
 class NeighboursMismatchError(CompressError, ValueError):
@@ -71,18 +70,6 @@ def neighbour_dir(store_path: str, k: int) -> str:
     return os.path.join(parent, f"neighbours-k{k}")
 
 
-def choose_backend(k: int) -> tuple[str, str]:
-    """``(backend, device)`` for ``distill.topk.search``: a FAISS GPU index when faiss sees a GPU
-    and ``k`` is within its selection limit, torch on CUDA when there is a GPU otherwise,
-    the FAISS CPU flat index without a GPU. (All give the same neighbours: see ``topk``.)"""
-    import faiss
-    import torch
-
-    if faiss.get_num_gpus() > 0 and k <= FAISS_GPU_MAX_K:
-        return "faiss", "cuda"
-    if torch.cuda.is_available():
-        return "torch", "cuda"
-    return "faiss", "cpu"
 
 
 def drop_self(index: np.ndarray, query_rows: np.ndarray) -> np.ndarray:
@@ -208,7 +195,7 @@ def compute_neighbours(
             stale = True
     if manifest is not None and manifest.get("complete") and not stale:
         return load_neighbours(cache_store, k)
-    backend, device = choose_backend(k + 1)
+    backend, device = resolve_backend("auto", "auto", k=k + 1)
     if rank == 0:
         os.makedirs(directory, exist_ok=True)
         if stale:

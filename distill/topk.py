@@ -15,15 +15,18 @@ blocks, each block's top-k candidates are merged into the running result.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
+
+from storage.errors import UsageError, unknown_name
 
 Metric = Literal["l2", "ip"]
 Backend = Literal["auto", "torch", "faiss"]
 METRICS = ("l2", "ip")
 BACKENDS = ("auto", "torch", "faiss")
+FAISS_GPU_MAX_K = 2048  # faiss-gpu's k-selection limit
 
 
 def merge_topk(
@@ -103,7 +106,7 @@ def _faiss_index(block: np.ndarray, metric: Metric, gpu: int | None):
     """A flat FAISS index holding ``block`` ``(B, D)``, on GPU ``gpu`` unless it is None."""
     import faiss
 
-    index = faiss.IndexFlatIP(block.shape[1]) if metric == "ip" else faiss.IndexFlatL2(block.shape[1])
+    index: Any = faiss.IndexFlatIP(block.shape[1]) if metric == "ip" else faiss.IndexFlatL2(block.shape[1])
     if gpu is not None:
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), gpu, index)
     index.add(block)
@@ -136,29 +139,47 @@ def _faiss_block_topk(index, queries: np.ndarray, block: np.ndarray, k: int, met
     return scores, cols
 
 
-def resolve_backend(backend: Backend, device: str | None) -> tuple[str, str]:
-    """``(backend, device)`` actually used. ``auto``: FAISS on CPU, and on a CUDA device when
-    faiss-gpu is installed; torch on a CUDA device otherwise. (On CPU the two are within
-    about 2x of each other in ``bench/knn.py``, FAISS ahead at D = 128, torch at D = 2048.)"""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if backend == "auto":
-        if device.startswith("cuda"):
-            try:
-                import faiss
-
-                backend = "faiss" if faiss.get_num_gpus() > 0 else "torch"
-            except ImportError:
-                backend = "torch"
-        else:
-            backend = "faiss"
-    if backend == "faiss" and device.startswith("cuda"):
+def faiss_gpu_count() -> int:
+    """GPUs FAISS can use (0 without faiss-gpu, or without faiss at all)."""
+    try:
         import faiss
+    except ImportError:
+        return 0
+    return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
 
-        if faiss.get_num_gpus() == 0:
-            raise ValueError("backend 'faiss' on a CUDA device needs faiss-gpu; use --backend torch")
+
+def resolve_backend(backend: str = "auto", device: str | None = "auto", *, k: int | None = None) -> tuple[str, str]:
+    """``(backend, device)`` a search or a k-means actually runs with: the one backend choice of
+    ``distill.neighbours``, ``evaluate.knn`` and ``evaluate.cluster``.
+
+    Args:
+        backend: ``auto``, ``faiss`` or ``torch``.
+        device: ``auto`` / None (``cache_builder.devices.resolve_device``: this process's GPU
+            when CUDA is available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        k: neighbours per query, when known: faiss-gpu selects at most ``FAISS_GPU_MAX_K``.
+    Returns:
+        ``auto`` picks FAISS on the CPU, FAISS on a CUDA device when faiss-gpu is installed
+        (and ``k`` is within its limit), torch on a CUDA device otherwise. (On CPU the two are
+        within about 2x of each other in ``bench/knn.py``, FAISS ahead at D = 128, torch at
+        D = 2048; all backends return the same neighbours, see the module doc.)
+    Raises:
+        UsageError: an unknown backend, or ``faiss`` on a CUDA device without faiss-gpu.
+    """
+    from cache_builder.devices import resolve_device
+
+    if backend not in BACKENDS:
+        raise UsageError("--backend: " + unknown_name("search backend", str(backend), BACKENDS))
+    device = str(resolve_device("auto" if device is None else device))
+    if not device.startswith("cuda"):
+        return ("faiss" if backend == "auto" else backend), device
+    gpus = faiss_gpu_count()
+    if backend == "auto":
+        return ("faiss" if gpus > 0 and (k is None or k <= FAISS_GPU_MAX_K) else "torch"), device
+    if backend == "faiss" and gpus == 0:
+        raise UsageError("--backend faiss on a CUDA device needs faiss-gpu; use --backend torch (or auto)")
+    if backend == "faiss" and k is not None and k > FAISS_GPU_MAX_K:
+        raise UsageError(f"--backend faiss on a CUDA device selects at most {FAISS_GPU_MAX_K} neighbours, got k = {k}; "
+                         "use --backend torch (or auto)")
     return backend, device
 
 
@@ -174,7 +195,7 @@ def search(
     k: int,
     *,
     metric: Metric = "l2",
-    backend: Backend = "auto",
+    backend: str = "auto",
     device: str | None = None,
     query_block: int | None = None,
     database_block: int = 131072,
@@ -214,7 +235,7 @@ def search(
         blocks: Iterable[tuple[int, np.ndarray]] = iter_blocks(database, database_block)
     else:
         blocks = database
-    backend, device = resolve_backend(backend, device)
+    backend, device = resolve_backend(backend, device, k=k)
     if query_block is None:
         query_block = 1024 if backend == "torch" else 8192
     q_count = queries.shape[0]
@@ -230,7 +251,7 @@ def search(
         index = _faiss_index(block, metric, cuda_index(device) if device.startswith("cuda") else None) if backend == "faiss" else None
         for q0 in range(0, q_count, query_block):
             q = queries[q0:q0 + query_block]
-            if backend == "torch":
+            if block_t is not None:  # the torch backend
                 q_t = torch.from_numpy(q).to(device)
                 s, c = select_topk(_torch_block_scores(q_t, block_t, metric, block_sq), k)
                 if metric == "l2":

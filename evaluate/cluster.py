@@ -8,13 +8,20 @@ data stays on one device (GPU-resident when ``device="cuda"``).
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
-CLUSTER_BACKENDS = ("auto", "faiss", "torch")
+from evaluate.config import SEARCH_BACKENDS as CLUSTER_BACKENDS
+from evaluate.config import ClusterConfig
+from evaluate.errors import FeatureError
+from storage.atomic import write_atomic
+
+__all__ = ["CLUSTER_BACKENDS", "ClusterConfig", "aligned_accuracy", "assign", "cluster", "cluster_alignment", "confusion_matrix",
+           "faiss_kmeans", "match_clusters", "torch_kmeans"]
 
 
 def assign(features: np.ndarray, centroids: np.ndarray, *, device: str = "cpu", block: int = 65536) -> np.ndarray:
@@ -75,6 +82,7 @@ def faiss_kmeans(features: np.ndarray, k: int, *, iterations: int = 20, seed: in
     km = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, gpu=use_gpu,
                       max_points_per_centroid=max(256, -(-x.shape[0] // k) + 1), verbose=False)
     km.train(x)
+    assert km.centroids is not None  # set by train()
     return km.centroids.copy()
 
 
@@ -109,40 +117,6 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
     return cm
 
 
-@dataclass(frozen=True)
-class ClusterConfig:
-    """Cluster alignment.
-
-    Attributes:
-        features: features directory (``train``/``val`` stores).
-        clusters: K. iterations: k-means iterations. seed: k-means seed.
-        backend: ``"auto"`` (FAISS), ``"faiss"`` or ``"torch"``. device: torch device.
-        confusion: path of the ``.npy`` confusion matrix (val), or None.
-        grid: path of a PNG grid of images from random clusters (needs ``data_root``), or None.
-        data_root: image root the stores' relative paths refer to (for ``grid``).
-    """
-
-    features: str
-    clusters: int = 1000
-    iterations: int = 20
-    seed: int = 0
-    backend: str = "auto"
-    device: str = "cpu"
-    confusion: str | None = None
-    grid: str | None = None
-    data_root: str | None = None
-    grid_clusters: int = 8
-    grid_samples: int = 8
-
-    def __post_init__(self) -> None:
-        if self.clusters < 1 or self.iterations < 1:
-            raise ValueError(f"clusters and iterations must be >= 1, got {self.clusters}, {self.iterations}")
-        if self.backend not in CLUSTER_BACKENDS:
-            raise ValueError(f"backend must be one of {CLUSTER_BACKENDS}, got {self.backend!r}")
-        if self.grid and not self.data_root:
-            raise ValueError("grid needs data_root (the image root the stores' paths are relative to)")
-
-
 def cluster_alignment(
     train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray, val_labels: np.ndarray,
     *, clusters: int = 1000, iterations: int = 20, seed: int = 0, backend: str = "faiss", device: str = "cpu",
@@ -154,12 +128,12 @@ def cluster_alignment(
         ``mapping`` (K,), ``val_predictions`` (Q,), ``train_clusters``, ``val_clusters``,
         ``timings`` (seconds of kmeans / hungarian).
     Raises:
-        ValueError: more clusters than train points, mismatched dimensions.
+        FeatureError: more clusters than train points, mismatched dimensions.
     """
     if clusters > len(train_features):
-        raise ValueError(f"clusters = {clusters} is larger than the train set ({len(train_features)} rows)")
+        raise FeatureError(f"clusters = {clusters} is larger than the train set ({len(train_features)} rows)")
     if train_features.shape[1] != val_features.shape[1]:
-        raise ValueError(f"train features have dimension {train_features.shape[1]}, val features {val_features.shape[1]}")
+        raise FeatureError(f"train features have dimension {train_features.shape[1]}, val features {val_features.shape[1]}")
     num_classes = int(max(train_labels.max(), val_labels.max())) + 1
     t0 = time.perf_counter()
     if backend == "torch":
@@ -181,37 +155,24 @@ def cluster_alignment(
     }
 
 
-def _resolve_backend(backend: str, device: str) -> str:
-    """``auto``: FAISS on CPU or with faiss-gpu; the GPU-resident torch k-means on a CUDA
-    device without faiss-gpu. An explicit ``faiss`` on CUDA needs faiss-gpu."""
-    import faiss
-
-    has_gpu_faiss = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
-    if backend == "auto":
-        return "torch" if device.startswith("cuda") and not has_gpu_faiss else "faiss"
-    if backend == "faiss" and device.startswith("cuda") and not has_gpu_faiss:
-        raise ValueError("backend 'faiss' on a CUDA device needs faiss-gpu; use --backend torch")
-    return backend
-
-
 def cluster(cfg: ClusterConfig) -> dict:
     """Run cluster alignment on a features directory; returns a result record."""
+    from distill.topk import resolve_backend
     from evaluate.feature_set import load_feature_set
     from evaluate.results import make_result
 
     start = time.perf_counter()
+    backend, device = resolve_backend(cfg.backend, cfg.device)
     fs = load_feature_set(cfg.features)
-    backend = _resolve_backend(cfg.backend, cfg.device)
-    out = cluster_alignment(fs.train.features, fs.train.labels, fs.val.features, fs.val.labels,
-                            clusters=cfg.clusters, iterations=cfg.iterations, seed=cfg.seed, backend=backend, device=cfg.device)
+    out = cluster_alignment(fs.train.rows, fs.train.labels, fs.val.rows, fs.val.labels,
+                            clusters=cfg.clusters, iterations=cfg.iterations, seed=cfg.seed, backend=backend, device=device)
     extra: dict = {"timings": {k: round(v, 4) for k, v in out["timings"].items()}}
     if cfg.confusion:
-        import os
-
         os.makedirs(os.path.dirname(os.path.abspath(cfg.confusion)), exist_ok=True)
-        np.save(cfg.confusion, confusion_matrix(fs.val.labels, out["val_predictions"], fs.num_classes))
+        matrix = confusion_matrix(fs.val.labels, out["val_predictions"], fs.num_classes)
+        write_atomic(cfg.confusion, lambda f: np.save(f, matrix))
         extra["confusion_matrix"] = cfg.confusion
-    if cfg.grid:
+    if cfg.grid and cfg.data_root:  # ClusterConfig.validate: a grid needs data_root
         from evaluate.cluster_grid import save_cluster_grid
 
         save_cluster_grid(cfg.grid, cfg.data_root, fs.train.paths, out["train_clusters"],
@@ -220,4 +181,4 @@ def cluster(cfg: ClusterConfig) -> dict:
     params = {**asdict(cfg), "subsampling": "none (all train points)", "matching": "hungarian on train",
               "distance": "l2"}
     return make_result("cluster", "compress", out["metrics"], params, fs, wall_time=time.perf_counter() - start,
-                       backend=f"{backend}:{cfg.device}", extra=extra)
+                       backend=f"{backend}:{device}", extra=extra)

@@ -6,6 +6,9 @@ import os
 
 import numpy as np
 
+from evaluate.errors import FeatureError
+from storage.atomic import write_atomic
+
 
 def save_cluster_grid(
     path: str, data_root: str, paths: list[str], clusters: np.ndarray, *, n_clusters: int = 8, per_cluster: int = 8,
@@ -17,14 +20,14 @@ def save_cluster_grid(
         data_root: directory the relative ``paths`` are under.
         paths: N relative image paths (train rows). clusters: ``(N,)`` cluster ids.
     Raises:
-        ValueError: the store holds no image paths.
+        FeatureError: the store holds no image paths.
     """
     from PIL import Image
 
     from cache_builder.image_decode import decode_image
 
     if not any(paths):
-        raise ValueError("the train store holds no image paths; a cluster grid needs them")
+        raise FeatureError("the train store holds no image paths; a cluster grid needs them")
     rng = np.random.default_rng(seed)
     ids = np.unique(clusters)
     chosen = rng.choice(ids, size=min(n_clusters, len(ids)), replace=False)
@@ -34,5 +37,5 @@ def save_cluster_grid(
         for j, row in enumerate(rng.choice(members, size=min(per_cluster, len(members)), replace=False)):
             grid.paste(decode_image(os.path.join(data_root, paths[row])).resize((thumb, thumb)), (j * thumb, r * thumb))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    grid.save(path)
+    write_atomic(path, lambda f: grid.save(f, format="PNG"))
     return path

@@ -3,20 +3,21 @@
 A features directory is what ``compress-cache`` or ``compress-eval features`` writes: one store
 per split, ``DIR/train`` and ``DIR/val``. Each split is read once, whole, into RAM
 (``Store.load_all``), L2-normalised in float32, and checked: complete store, non-empty,
-labelled, same dimension in train and val.
+labelled, same dimension in train and val, and from the same model with val labels known to
+train (``evaluate.provenance``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from evaluate.errors import FeatureError
 
-class FeatureError(ValueError):
-    """The features cannot be evaluated (missing split, empty, unlabelled, mismatched dims)."""
+__all__ = ["FeatureError", "FeatureSet", "FeatureSplit", "iter_store_blocks", "l2_normalize", "load_feature_set", "load_split"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class FeatureSplit:
         labels: ``(N,)`` int64 class ids (``-1`` = unknown).
         paths: N relative image paths (empty strings when the store has none).
         source: the store path it was read from.
-        fingerprint: sha256 over the store's shape, dtype and shard checksums.
+        fingerprint: the store's content fingerprint (``Store.content_fingerprint``, ``sha256:<hex>``).
+        provenance: the store manifest's provenance (which model and data computed the rows).
     """
 
     features: np.ndarray | None
@@ -38,10 +40,22 @@ class FeatureSplit:
     source: str
     fingerprint: str
     shape: tuple[int, int] = (0, 0)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
         return int(self.shape[0])
+
+    @property
+    def rows(self) -> np.ndarray:
+        """``features`` of a split loaded into RAM, ``(N, D)`` float32.
+
+        Raises:
+            FeatureError: the split was opened for streaming (``load=False``).
+        """
+        if self.features is None:
+            raise FeatureError(f"{self.source}: the split was opened for streaming; its rows are not in memory")
+        return self.features
 
     @property
     def d(self) -> int:
@@ -67,15 +81,6 @@ class FeatureSet:
 
     def describe(self) -> dict:
         return {"dir": self.root, "train": self.train.describe(), "val": self.val.describe()}
-
-
-def store_fingerprint(store) -> str:
-    """sha256 of a complete store's shape, dtype and shard checksums (hex, 64 chars)."""
-    m = store.manifest
-    h = hashlib.sha256(f"{m.n}:{m.d}:{m.dtype}:{m.views}".encode())
-    for rec in m.shards:
-        h.update(f"|{rec.start}-{rec.stop}:{rec.checksum}".encode())
-    return h.hexdigest()
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -105,14 +110,15 @@ def load_split(path: str, *, require_labels: bool = True, load: bool = True) -> 
         raise FeatureError(f"{path}: the split is empty (0 rows); nothing to evaluate")
     if store.views is not None:
         raise FeatureError(f"{path}: a multi-view store {store.shape} cannot be evaluated; expected (N, D) rows")
-    features = l2_normalize(store.load_all()) if load else None
+    features = l2_normalize(np.asarray(store.load_all())) if load else None
     meta = store.load_metadata()
     if require_labels and bool((meta.labels < 0).all()):
         raise FeatureError(
             f"{path}: no labels (every label is -1); evaluation needs a labelled split "
             "(build the cache from an ImageFolder-style dataset)"
         )
-    return FeatureSplit(features, meta.labels.astype(np.int64), list(meta.paths), path, store_fingerprint(store), (store.n, store.d))
+    return FeatureSplit(features, meta.labels.astype(np.int64), list(meta.paths), path, store.content_fingerprint(),
+                        (store.n, store.d), dict(store.provenance))
 
 
 def load_feature_set(root: str, *, load_train: bool = True) -> FeatureSet:
@@ -125,21 +131,26 @@ def load_feature_set(root: str, *, load_train: bool = True) -> FeatureSet:
     Raises:
         storage.NotAStoreError: a split store is missing.
         FeatureError: a split is empty or unlabelled, or train and val dimensions differ.
+        ProvenanceMismatchError: train and val come from different models, or val has labels
+            train does not know.
     """
-    from storage import NotAStoreError
+    from evaluate.provenance import check_same_model, check_val_labels
+    from storage import NotAStoreError, open_store
 
-    splits = {}
-    for name in ("train", "val"):
-        path = os.path.join(root, name)
+    paths = {name: os.path.join(root, name) for name in ("train", "val")}
+    for name, path in paths.items():
         if not os.path.isdir(path):
             raise NotAStoreError(f"{root}: no {name} split (expected a store at {path})")
-        splits[name] = load_split(path, load=load_train or name != "train")
-    train, val = splits["train"], splits["val"]
+    # before reading any rows: the two stores must come from the same model
+    check_same_model(paths["train"], open_store(paths["train"]).provenance, paths["val"], open_store(paths["val"]).provenance)
+    train = load_split(paths["train"], load=load_train)
+    val = load_split(paths["val"])
     if train.d != val.d:
         raise FeatureError(
             f"{root}: train features have dimension {train.d} but val features have {val.d}; "
             "both splits must come from the same model"
         )
+    check_val_labels(train.source, train.provenance, train.labels, val.source, val.provenance, val.labels)
     return FeatureSet(train, val, root)
 
 

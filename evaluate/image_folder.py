@@ -14,7 +14,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-from cache_builder.image_list import class_folders, scan_image_folder
+from cache_builder.image_list import ImageListError, class_folders, scan_image_folder
 
 
 @dataclass(frozen=True)
@@ -43,13 +43,13 @@ class ImageListing:
 
 
 def list_classes(root: str) -> tuple[str, ...]:
-    """Sorted class folders of ``root/train``. Raises ValueError if there are none."""
+    """Sorted class folders of ``root/train``. Raises ImageListError if there are none."""
     train = os.path.join(root, "train")
     if not os.path.isdir(train):
-        raise ValueError(f"{root}: expected an ImageFolder-style root with train/ and val/ class folders; no {train}")
+        raise ImageListError(f"{root}: expected an ImageFolder-style root with train/ and val/ class folders; no {train}")
     classes = class_folders(train)
     if not classes:
-        raise ValueError(f"{train}: no class folders")
+        raise ImageListError(f"{train}: no class folders")
     return classes
 
 
@@ -57,22 +57,22 @@ def list_split(root: str, split: str, classes: tuple[str, ...] | None = None) ->
     """List ``root/split``; labels follow ``classes`` (default: those of ``train``).
 
     Raises:
-        ValueError: missing split folder, a class folder unknown to train, or no images.
+        ImageListError: missing split folder, a class folder unknown to train, or no images.
     """
     classes = classes or list_classes(root)
     base = os.path.join(root, split)
     if not os.path.isdir(base):
-        raise ValueError(f"{root}: no {split}/ folder")
+        raise ImageListError(f"{root}: no {split}/ folder")
     index = {c: i for i, c in enumerate(classes)}
     for name in class_folders(base):
         if name not in index:
-            raise ValueError(f"{base}/{name}: class folder not present in train/ (known: {len(classes)} classes)")
+            raise ImageListError(f"{base}/{name}: class folder not present in train/ (known: {len(classes)} classes)")
     try:
         listing = scan_image_folder(base)
-    except ValueError:
-        raise ValueError(f"{base}: the split is empty (no images in its class folders)") from None
+    except ImageListError:
+        raise ImageListError(f"{base}: the split is empty (no images in its class folders)") from None
     if not listing.classes:  # images directly in the split folder, no class folders
-        raise ValueError(f"{base}: no class folders (expected {split}/<class>/<image>)")
+        raise ImageListError(f"{base}: no class folders (expected {split}/<class>/<image>)")
     paths = tuple(f"{split}/{p}" for p in listing.paths)
     labels = tuple(index[listing.classes[label]] for label in listing.labels)
     return ImageListing(root, split, classes, paths, labels)

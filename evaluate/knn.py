@@ -13,17 +13,17 @@ Protocols (they are not interchangeable; every result records its protocol):
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
-from distill.topk import search
+from distill.topk import resolve_backend, search
+from evaluate.config import PROTOCOLS, KnnConfig
+from evaluate.errors import FeatureError
+from storage.errors import UsageError, unknown_name
 
-PROTOCOLS = {
-    "compress": {"metric": "l2", "ks": (1, 20), "vote": "majority"},
-    "dino": {"metric": "ip", "ks": (10, 20, 100, 200), "vote": "weighted", "temperature": 0.07},
-}
+__all__ = ["PROTOCOLS", "KnnConfig", "knn", "knn_classify", "majority_vote", "score_neighbours", "weighted_vote"]
 
 
 def majority_vote(neighbour_labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -58,7 +58,7 @@ def weighted_vote(
         ``(Q, min(top, C))`` classes by decreasing score, equal scores by smaller class id.
     """
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise UsageError(f"--temperature must be > 0, got {temperature}")
     labels = torch.from_numpy(np.ascontiguousarray(neighbour_labels, dtype=np.int64))
     sims = torch.from_numpy(np.ascontiguousarray(neighbour_sims, dtype=np.float64))
     # subtracting the row maximum scales every class score of a row alike (no overflow)
@@ -66,42 +66,6 @@ def weighted_vote(
     scores = torch.zeros((labels.shape[0], num_classes), dtype=torch.float64).scatter_add_(1, labels, weights)
     order = torch.argsort(scores, dim=1, descending=True, stable=True)
     return order[:, : min(top, num_classes)].numpy()
-
-
-@dataclass(frozen=True)
-class KnnConfig:
-    """kNN evaluation.
-
-    Attributes:
-        features: features directory with ``train`` and ``val`` stores.
-        protocol: ``"compress"`` or ``"dino"``.
-        ks: neighbour counts (default: the protocol's).
-        temperature: DINO vote temperature.
-        backend: ``"auto"``, ``"faiss"`` or ``"torch"``. device: torch device.
-        query_block / database_block: block sizes of the search.
-        stream: leave the train rows in their store and stream them shard by shard (the
-            database need not fit in RAM).
-    """
-
-    features: str
-    protocol: str = "compress"
-    ks: tuple[int, ...] = ()
-    temperature: float = 0.07
-    backend: str = "auto"
-    device: str | None = None
-    query_block: int | None = None
-    database_block: int = 131072
-    stream: bool = False
-
-    def __post_init__(self) -> None:
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}")
-        if any(k < 1 for k in self.ks):
-            raise ValueError(f"every k must be >= 1, got {self.ks}")
-
-    @property
-    def resolved_ks(self) -> tuple[int, ...]:
-        return tuple(sorted(self.ks)) if self.ks else PROTOCOLS[self.protocol]["ks"]
 
 
 def knn_classify(
@@ -127,18 +91,19 @@ def knn_classify(
         ``compress``: ``{"nn": top-1 % with k=1, "knn20": ...}`` (``knn{k}`` for k > 1);
         ``dino``: ``{"knn{k}_top1": ..., "knn{k}_top5": ...}``.
     Raises:
-        ValueError: mismatched dimensions or lengths, k larger than the train set.
+        UsageError: an unknown protocol.
+        FeatureError: mismatched dimensions or lengths, k larger than the train set.
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+        raise UsageError("--protocol: " + unknown_name("protocol", protocol, list(PROTOCOLS)))
     spec = PROTOCOLS[protocol]
     ks = tuple(sorted(ks)) if ks else spec["ks"]
     if train_features.shape[1] != val_features.shape[1]:
-        raise ValueError(f"train features have dimension {train_features.shape[1]}, val features {val_features.shape[1]}")
+        raise FeatureError(f"train features have dimension {train_features.shape[1]}, val features {val_features.shape[1]}")
     if len(train_labels) != len(train_features) or len(val_labels) != len(val_features):
-        raise ValueError("each split needs one label per feature row")
+        raise FeatureError("each split needs one label per feature row")
     if max(ks) > len(train_features):
-        raise ValueError(f"k = {max(ks)} is larger than the train set ({len(train_features)} rows)")
+        raise FeatureError(f"k = {max(ks)} is larger than the train set ({len(train_features)} rows)")
     sims, idx = search(
         val_features, train_features, max(ks), metric=spec["metric"], backend=backend, device=device,
         query_block=query_block, database_block=database_block,
@@ -170,25 +135,22 @@ def score_neighbours(
 def knn(cfg: KnnConfig) -> dict:
     """Run a kNN evaluation on a features directory; returns a result record (see
     ``evaluate.results``)."""
-    from evaluate.feature_set import load_feature_set
+    from evaluate.feature_set import iter_store_blocks, load_feature_set
     from evaluate.results import make_result
-    from distill.topk import resolve_backend
-
-    from evaluate.feature_set import iter_store_blocks
 
     start = time.perf_counter()
+    backend, device = resolve_backend(cfg.backend, cfg.device, k=max(cfg.resolved_ks))
     fs = load_feature_set(cfg.features, load_train=not cfg.stream)
-    backend, device = resolve_backend(cfg.backend, cfg.device)
     if cfg.stream:
         if max(cfg.resolved_ks) > fs.train.n:
-            raise ValueError(f"k = {max(cfg.resolved_ks)} is larger than the train set ({fs.train.n} rows)")
-        sims, idx = search(fs.val.features, iter_store_blocks(fs.train.source), max(cfg.resolved_ks),
+            raise FeatureError(f"k = {max(cfg.resolved_ks)} is larger than the train set ({fs.train.n} rows)")
+        sims, idx = search(fs.val.rows, iter_store_blocks(fs.train.source), max(cfg.resolved_ks),
                            metric=PROTOCOLS[cfg.protocol]["metric"], backend=backend, device=device, query_block=cfg.query_block)
         metrics = score_neighbours(sims, idx, fs.train.labels, fs.val.labels, protocol=cfg.protocol,
                                    ks=cfg.resolved_ks, temperature=cfg.temperature)
     else:
         metrics = knn_classify(
-            fs.train.features, fs.train.labels, fs.val.features, fs.val.labels,
+            fs.train.rows, fs.train.labels, fs.val.rows, fs.val.labels,
             protocol=cfg.protocol, ks=cfg.resolved_ks, temperature=cfg.temperature, backend=backend, device=device,
             query_block=cfg.query_block, database_block=cfg.database_block,
         )

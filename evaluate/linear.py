@@ -13,13 +13,16 @@ The augmented, resumable protocol needs the backbone and the images: ``evaluate.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
 from torch import nn
 
+from evaluate.config import LinearConfig
 from evaluate.label_subset import label_subset
+
+__all__ = ["LinearConfig", "LinearProbe", "linear", "probe_accuracy", "scaled_milestones", "train_linear_probe"]
 
 REFERENCE_EPOCHS = 40
 REFERENCE_MILESTONES = (15, 30, 40)
@@ -31,6 +34,9 @@ class LinearProbe(nn.Module):
     ``(B, D)`` L2-normalised features -> ``(B, C)`` logits. The statistics are buffers (in the
     state dict) computed once, never updated by training batches.
     """
+
+    mean: torch.Tensor
+    inv_std: torch.Tensor
 
     def __init__(self, mean: torch.Tensor, var: torch.Tensor, num_classes: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -45,52 +51,6 @@ class LinearProbe(nn.Module):
 def scaled_milestones(epochs: int) -> list[int]:
     """The reference lr steps (15, 30 of 40 epochs) scaled to ``epochs``."""
     return sorted({max(1, round(m * epochs / REFERENCE_EPOCHS)) for m in REFERENCE_MILESTONES[:-1]})
-
-
-@dataclass(frozen=True)
-class LinearConfig:
-    """Linear probe.
-
-    Attributes:
-        features: features directory (``train``/``val`` stores).
-        fast: train on cached features (``compress-fast``); False: the augmented protocol
-            (``compress``), which needs ``model``, ``data`` and ``checkpoint``.
-        model, data, image_size, workers: backbone and images (augmented protocol).
-        checkpoint: resume file of the augmented protocol.
-        epochs: default 40; lr steps scaled from 15/30 of 40.
-        lr, momentum, weight_decay, batch_size: SGD settings.
-        fraction / shots: class-balanced, seeded few-label subset of train.
-        seed: subset draw, init and batch order.
-        device: torch device.
-    """
-
-    features: str
-    fast: bool = True
-    epochs: int = 40
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    batch_size: int = 256
-    fraction: float | None = None
-    shots: int | None = None
-    seed: int = 0
-    device: str = "cpu"
-    model: str | None = None
-    data: str | None = None
-    image_size: int | None = None
-    workers: int = 0
-    checkpoint: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.fast and not (self.model and self.data and self.checkpoint):
-            raise ValueError(
-                "the augmented linear protocol (--full: RandomResizedCrop + flip through the frozen backbone) "
-                "needs --model and --data (and a checkpoint path); use --fast for cached features"
-            )
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0, got {self.epochs}, {self.batch_size}, {self.lr}")
-        if self.fraction is not None and self.shots is not None:
-            raise ValueError("give fraction or shots, not both")
 
 
 def train_linear_probe(
@@ -125,7 +85,8 @@ def train_linear_probe(
 
 
 @torch.no_grad()
-def probe_accuracy(probe: LinearProbe, features: np.ndarray, labels: np.ndarray, device: str = "cpu", block: int = 8192) -> dict[str, float]:
+def probe_accuracy(probe: LinearProbe, features: np.ndarray, labels: np.ndarray, device: str = "cpu",
+                   block: int = 8192) -> dict[str, float]:
     """Top-1 and top-5 accuracy (%) of ``probe`` on features ``(N, D)``."""
     probe.eval()
     top1 = top5 = 0
@@ -141,10 +102,13 @@ def probe_accuracy(probe: LinearProbe, features: np.ndarray, labels: np.ndarray,
 def linear(cfg: LinearConfig) -> dict:
     """Run the linear probe (fast on cached features, or the augmented protocol); returns a
     result record."""
+    from cache_builder.devices import resolve_device
+
+    device = str(resolve_device(cfg.device))
     if not cfg.fast:
         from evaluate.linear_full import linear_full
 
-        return linear_full(cfg)
+        return linear_full(cfg, device=device)
     from evaluate.feature_set import load_feature_set
     from evaluate.results import make_result
 
@@ -153,12 +117,13 @@ def linear(cfg: LinearConfig) -> dict:
     labelled = np.flatnonzero(fs.train.labels >= 0)
     subset = labelled[label_subset(fs.train.labels[labelled], fraction=cfg.fraction, shots=cfg.shots, seed=cfg.seed)]
     probe = train_linear_probe(
-        fs.train.features[subset], fs.train.labels[subset], fs.num_classes, epochs=cfg.epochs, lr=cfg.lr,
-        momentum=cfg.momentum, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device,
-        statistics_from=fs.train.features,
+        fs.train.rows[subset], fs.train.labels[subset], fs.num_classes, epochs=cfg.epochs, lr=cfg.lr,
+        momentum=cfg.momentum, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, seed=cfg.seed, device=device,
+        statistics_from=fs.train.rows,
     )
-    metrics = probe_accuracy(probe, fs.val.features, fs.val.labels, cfg.device)
+    metrics = probe_accuracy(probe, fs.val.rows, fs.val.labels, device)
     params = {**asdict(cfg), "milestones": scaled_milestones(cfg.epochs), "gamma": 0.1, "augmentation": "none (cached center crop)",
-              "normalisation": "L2, then standardisation by whole-train-set statistics (all rows, labelled or not)", "train_rows_used": int(len(subset))}
+              "normalisation": "L2, then standardisation by whole-train-set statistics (all rows, labelled or not)",
+              "train_rows_used": int(len(subset))}
     return make_result("linear", "compress-fast", metrics, params, fs, wall_time=time.perf_counter() - start,
-                       backend=f"torch:{cfg.device}")
+                       backend=f"torch:{device}")

@@ -17,7 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from evaluate.errors import FeatureError, ProbeCheckpointError
 from evaluate.linear import LinearProbe, scaled_milestones
+from storage.atomic import write_atomic
+from storage.errors import UsageError
 
 
 def augmented_transform(eval_transform: Any) -> Callable:
@@ -26,14 +29,15 @@ def augmented_transform(eval_transform: Any) -> Callable:
     (ToTensor, normalisation) is kept.
 
     Raises:
-        ValueError: the eval transform is not a torchvision ``Compose`` with a ``CenterCrop``.
+        UsageError: the eval transform is not a torchvision ``Compose`` with a ``CenterCrop``.
     """
     from torchvision import transforms
 
     steps = list(getattr(eval_transform, "transforms", []))
     crops = [t for t in steps if isinstance(t, transforms.CenterCrop)]
     if not isinstance(eval_transform, transforms.Compose) or not crops:
-        raise ValueError(f"the augmented linear protocol needs a torchvision Compose eval transform with a CenterCrop, got {eval_transform!r}")
+        raise UsageError("--full: the augmented linear protocol needs a torchvision Compose eval transform with a CenterCrop, "
+                         f"got {eval_transform!r}")
     rest = [t for t in steps if not isinstance(t, (transforms.Resize, transforms.CenterCrop))]
     return transforms.Compose([transforms.RandomResizedCrop(crops[0].size), transforms.RandomHorizontalFlip(), *rest])
 
@@ -45,9 +49,7 @@ def epoch_lr(base_lr: float, epoch: int, epochs: int) -> float:
 
 def _save_atomic(state: dict, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def train_augmented_probe(
@@ -65,7 +67,7 @@ def train_augmented_probe(
         identity: JSON-able description of everything that must match to resume.
         after_epoch: called with the finished epoch (tests use it to simulate a kill).
     Raises:
-        ValueError: the checkpoint was written for another model, data or setting.
+        ProbeCheckpointError: the checkpoint was written for another model, data or setting.
     """
     from torch.utils.data import DataLoader
 
@@ -79,7 +81,7 @@ def train_augmented_probe(
     if os.path.exists(checkpoint):
         state = torch.load(checkpoint, map_location=device, weights_only=True)
         if state["identity"] != key:
-            raise ValueError(f"{checkpoint}: written for another model/data/setting; delete it or use another --out "
+            raise ProbeCheckpointError(f"{checkpoint}: written for another model/data/setting; delete it or use another --out "
                              f"(checkpoint: {state['identity']}; now: {key})")
         probe.load_state_dict(state["probe"], strict=True)
         opt.load_state_dict(state["optimizer"])
@@ -105,13 +107,15 @@ def train_augmented_probe(
     return probe
 
 
-def linear_full(cfg: Any, after_epoch: Callable[[int], None] | None = None) -> dict:
+def linear_full(cfg: Any, after_epoch: Callable[[int], None] | None = None, *, device: str | None = None) -> dict:
     """The augmented, resumable protocol for a ``LinearConfig`` with ``fast=False``; the
     whole-train-set statistics and the val accuracy use the center-crop features in
-    ``cfg.features`` (extracted from the same model and data)."""
+    ``cfg.features`` (extracted from the same model and data). ``device``: the resolved
+    ``cfg.device`` (default: resolved here)."""
     import time
     from dataclasses import asdict
 
+    from cache_builder.devices import resolve_device
     from evaluate.feature_set import load_feature_set
     from evaluate.features import ImageDataset
     from evaluate.image_folder import list_classes, list_split
@@ -120,27 +124,29 @@ def linear_full(cfg: Any, after_epoch: Callable[[int], None] | None = None) -> d
     from evaluate.models import resolve_model
     from evaluate.results import make_result
 
+    device = device or str(resolve_device(cfg.device))
     t0 = time.perf_counter()
     fs = load_feature_set(cfg.features)
     resolved = resolve_model(cfg.model, image_size=cfg.image_size)
     listing = list_split(cfg.data, "train", list_classes(cfg.data))
     if len(listing.paths) != fs.train.n or list(listing.paths) != list(fs.train.paths):
-        raise ValueError(f"{cfg.features}: the train features do not list the images of {cfg.data}/train in the same order")
+        raise FeatureError(f"{cfg.features}: the train features do not list the images of {cfg.data}/train in the same order")
     labels = np.asarray(listing.labels)
     rows = label_subset(labels, fraction=cfg.fraction, shots=cfg.shots, seed=cfg.seed)
     train_tf = augmented_transform(resolved.transform)
-    x = torch.from_numpy(fs.train.features)
+    x = torch.from_numpy(fs.train.rows)
     identity = {"model": resolved.identity, "data": os.path.abspath(cfg.data), "features": fs.train.fingerprint,
                 **{k: v for k, v in asdict(cfg).items() if k not in ("features", "checkpoint", "device", "workers")}}
     probe = train_augmented_probe(
         resolved.module, lambda: ImageDataset(listing, rows, train_tf, with_labels=True), (x.mean(0), x.var(0, unbiased=False)),
         fs.num_classes, epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-        batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, checkpoint=cfg.checkpoint, identity=identity,
+        batch_size=cfg.batch_size, seed=cfg.seed, device=device, checkpoint=cfg.checkpoint, identity=identity,
         workers=cfg.workers, after_epoch=after_epoch,
     )
-    metrics = probe_accuracy(probe, fs.val.features, fs.val.labels, cfg.device)
+    metrics = probe_accuracy(probe, fs.val.rows, fs.val.labels, device)
     params = {**asdict(cfg), "milestones": scaled_milestones(cfg.epochs), "gamma": 0.1,
-              "augmentation": "RandomResizedCrop + RandomHorizontalFlip", "normalisation": "L2, then standardisation by whole-train-set statistics (center crop)",
+              "augmentation": "RandomResizedCrop + RandomHorizontalFlip",
+              "normalisation": "L2, then standardisation by whole-train-set statistics (center crop)",
               "train_rows_used": int(len(rows))}
     return make_result("linear", "compress", metrics, params, fs, wall_time=time.perf_counter() - t0,
-                       backend=f"torch:{cfg.device}", model=resolved.identity, dataset=os.path.abspath(cfg.data))
+                       backend=f"torch:{device}", model=resolved.identity, dataset=os.path.abspath(cfg.data))

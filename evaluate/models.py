@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from cache_builder.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-HEAD_ATTRIBUTES = ("fc", "classifier", "heads", "head")
+from storage.errors import UsageError, unknown_name
+from storage.hashing import file_sha256
 
 
 @dataclass(frozen=True)
@@ -38,15 +38,6 @@ class ResolvedModel:
     run_dir: str | None = None
 
 
-def file_sha256(path: str) -> str:
-    """sha256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def center_crop_transform(image_size: int = 224) -> Callable:
     """Resize(image_size * 256 / 224) + CenterCrop(image_size) + ImageNet mean/std."""
     from torchvision import transforms
@@ -59,30 +50,32 @@ def center_crop_transform(image_size: int = 224) -> Callable:
     ])
 
 
-def _strip_head(model: Any, arch: str) -> Any:
-    from torch import nn
-
-    for name in HEAD_ATTRIBUTES:
-        if isinstance(getattr(model, name, None), nn.Module):
-            setattr(model, name, nn.Identity())
-            return model
-    raise ValueError(f"torchvision:{arch}: no classifier attribute among {HEAD_ATTRIBUTES} to replace")
-
-
 def load_torchvision(arch: str, weights: str | None = None, image_size: int | None = None) -> ResolvedModel:
-    """A torchvision classification model without its head."""
+    """A torchvision classification model without its head
+    (``cache_builder.architectures.torchvision_headless``); a weights file must hold every key
+    of the full model (strict loading, the head's keys dropped).
+
+    Raises:
+        UsageError: an unknown architecture (``--model torchvision:ARCH``).
+    """
     import torch
     import torchvision
 
-    known = torchvision.models.list_models(module=torchvision.models)
+    from cache_builder.architectures import torchvision_headless
+
+    known = sorted(torchvision.models.list_models(module=torchvision.models))
     if arch not in known:
-        raise ValueError(f"torchvision:{arch}: unknown architecture; known: {', '.join(sorted(known))}")
+        raise UsageError(f"--model torchvision:{arch}: " + unknown_name("architecture", arch, known))
     torch.manual_seed(0)
-    model = torchvision.models.get_model(arch, weights=None)
+    model, dropped = torchvision_headless(arch)
     if weights:
         state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=True)
-    model = _strip_head(model, arch).eval()
+        head = {k for k in state if k.startswith(tuple(dropped))}
+        if not head and dropped:
+            raise UsageError(f"--model torchvision:{arch}:{weights}: no classifier keys ({', '.join(dropped)}*) in the file; "
+                             "expected the full torchvision state dict")
+        model.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=True)
+    model = model.eval()
     size = image_size or 224
     identity = {
         "kind": "torchvision", "name": arch,
@@ -116,7 +109,7 @@ def load_student_model(path: str) -> ResolvedModel:
     for f in files:
         h.update(file_sha256(f).encode())
     identity = {"kind": "student", "name": os.path.basename(os.path.normpath(path)), "path": os.path.abspath(path),
-                "weights_sha256": h.hexdigest(), "preprocessing": repr(metadata["eval_transform"]),
+                "weights_sha256": "sha256:" + h.hexdigest(), "preprocessing": repr(metadata["eval_transform"]),
                 "metadata": {k: v for k, v in metadata.items() if k != "eval_transform" and isinstance(v, (str, int, float, bool))}}
     transform = build_eval_transform(metadata["eval_transform"])
     return ResolvedModel(module.eval(), transform, identity, path if os.path.isdir(path) else None)
@@ -126,23 +119,23 @@ def resolve_model(spec: str, *, image_size: int | None = None) -> ResolvedModel:
     """Resolve a ``--model`` argument (see module docstring).
 
     Raises:
-        ValueError: a malformed spec or a path that does not exist.
+        UsageError: a malformed spec or a path that does not exist (naming ``--model``).
     """
     if spec.startswith("teacher:"):
         parts = spec.split(":", 2)
         if len(parts) != 3 or not parts[1] or not parts[2]:
-            raise ValueError(f"{spec!r}: expected teacher:NAME:WEIGHTS")
+            raise UsageError(f"--model {spec!r}: expected teacher:NAME:WEIGHTS")
         if not os.path.isfile(parts[2]):
-            raise ValueError(f"{spec!r}: weights file {parts[2]} does not exist")
+            raise UsageError(f"--model {spec!r}: weights file {parts[2]} does not exist")
         return load_registry_teacher(parts[1], parts[2])
     if spec.startswith("torchvision:"):
         parts = spec.split(":", 2)
         if not parts[1]:
-            raise ValueError(f"{spec!r}: expected torchvision:ARCH[:WEIGHTS]")
+            raise UsageError(f"--model {spec!r}: expected torchvision:ARCH[:WEIGHTS]")
         weights = parts[2] if len(parts) == 3 and parts[2] else None
         if weights and not os.path.isfile(weights):
-            raise ValueError(f"{spec!r}: weights file {weights} does not exist")
+            raise UsageError(f"--model {spec!r}: weights file {weights} does not exist")
         return load_torchvision(parts[1], weights, image_size)
     if os.path.exists(spec):
         return load_student_model(spec)
-    raise ValueError(f"{spec!r}: not a student run dir or .pth, nor teacher:NAME:WEIGHTS, nor torchvision:ARCH[:WEIGHTS]")
+    raise UsageError(f"--model {spec!r}: not a student run dir or .pth, nor teacher:NAME:WEIGHTS, nor torchvision:ARCH[:WEIGHTS]")

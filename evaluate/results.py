@@ -20,16 +20,11 @@ import json
 import os
 from typing import Any
 
+from evaluate.errors import ResultError
+from storage.atomic import write_atomic, write_json_atomic
+from storage.package import package_version
+
 RESULT_SUFFIX = ".json"
-
-
-def _package_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("compress-distill")
-    except Exception:  # not installed (running from a checkout)
-        return "unknown"
 
 
 def make_result(
@@ -60,19 +55,15 @@ def make_result(
         "backend": backend,
         "wall_time_s": round(float(wall_time), 3),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "version": _package_version(),
+        "version": package_version(),
         **(extra or {}),
     }
 
 
 def write_result(result: dict[str, Any], path: str) -> str:
-    """Write ``result`` as JSON to ``path`` atomically (temp file + rename); returns the path."""
+    """Write ``result`` as JSON to ``path`` atomically (``storage.atomic``); returns the path."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, result)
     return path
 
 
@@ -80,7 +71,7 @@ def read_results(sources: list[str]) -> list[dict[str, Any]]:
     """Result records from JSON files, or from every ``*.json`` result under run directories.
 
     Raises:
-        ValueError: a path is neither a result file nor a directory holding results, or a
+        ResultError: a path is neither a result file nor a directory holding results, or a
             file is not a result record.
     """
     out = []
@@ -89,12 +80,14 @@ def read_results(sources: list[str]) -> list[dict[str, Any]]:
             files = sorted(glob.glob(os.path.join(src, "**", f"*{RESULT_SUFFIX}"), recursive=True))
             found = [r for r in (_read_one(f, strict=False) for f in files) if r is not None]
             if not found:
-                raise ValueError(f"{src}: no evaluation results (JSON files with 'command' and 'metrics') found below it")
+                raise ResultError(f"{src}: no evaluation results (JSON files with 'command' and 'metrics') found below it")
             out.extend(found)
         elif os.path.isfile(src):
-            out.append(_read_one(src, strict=True))
+            record = _read_one(src, strict=True)
+            if record is not None:  # strict: never None
+                out.append(record)
         else:
-            raise ValueError(f"{src}: no such result file or run directory")
+            raise ResultError(f"{src}: no such result file or run directory")
     return out
 
 
@@ -104,11 +97,11 @@ def _read_one(path: str, strict: bool) -> dict[str, Any] | None:
             obj = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         if strict:
-            raise ValueError(f"{path}: not a readable JSON result ({e})") from None
+            raise ResultError(f"{path}: not a readable JSON result ({e})") from None
         return None
     if not isinstance(obj, dict) or "metrics" not in obj or "command" not in obj:
         if strict:
-            raise ValueError(f"{path}: not an evaluation result (expected keys 'command' and 'metrics')")
+            raise ResultError(f"{path}: not an evaluation result (expected keys 'command' and 'metrics')")
         return None
     obj.setdefault("_source", path)
     return obj
@@ -182,6 +175,6 @@ def bar_chart(rows: list[str], cols: list[str], values: list[list[float | None]]
     ax.legend(fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
     return path

@@ -18,12 +18,13 @@ import click
 from storage.errors import CompressError
 
 DEBUG_ENV = "COMPRESS_DEBUG"
+_DEBUG_META = "compress.debug"  # set by --debug for this invocation only (the environment is left alone)
 _WORKER_MARK = "Original Traceback"
 _EXC_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception)\w*: (.*)$")
 
 
 def debug_enabled() -> bool:
-    """True when ``COMPRESS_DEBUG`` is set to a true value (``--debug`` sets it)."""
+    """True when ``COMPRESS_DEBUG`` is set to a true value."""
     return os.environ.get(DEBUG_ENV, "").lower() not in ("", "0", "false", "no")
 
 
@@ -68,7 +69,7 @@ class CompressGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (CompressError, OSError) as error:
-            if debug_enabled():
+            if ctx.meta.get(_DEBUG_META) or debug_enabled():
                 raise
             click.echo(f"Error: {one_line(error)}", err=True)
             ctx.exit(exit_code(error))
@@ -76,7 +77,7 @@ class CompressGroup(click.Group):
 
 def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if value:
-        os.environ[DEBUG_ENV] = "1"
+        ctx.meta[_DEBUG_META] = True
 
 
 def compress_group(**kwargs: Any) -> Callable[[Callable[..., Any]], CompressGroup]:

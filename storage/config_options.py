@@ -110,8 +110,11 @@ def config_options(cls: type, *, exclude: Sequence[str] = ()) -> Callable[[Calla
             name = option_name(field)
             help_text = field.metadata[HELP]
             if tp is bool:
-                decl = name if field.metadata.get(FLAG) else f"{name}/--no-{name[2:]}"
-                option = click.option(decl, field.name, default=field.default, show_default=True, help=help_text)
+                if field.metadata.get(FLAG) and "/" not in name:  # a plain switch: --compile sets True
+                    option = click.option(name, field.name, is_flag=True, default=field.default, help=help_text)
+                else:
+                    decl = name if "/" in name else f"{name}/--no-{name[2:]}"
+                    option = click.option(decl, field.name, default=field.default, show_default=True, help=help_text)
             else:
                 option = click.option(name, field.name, type=_click_type(tp, field.metadata.get(CHOICES)),
                                       default=field.default, show_default=field.default is not None, help=help_text)

@@ -26,3 +26,9 @@ def python_env() -> dict[str, str]:
 @pytest.fixture
 def python_exe() -> str:
     return sys.executable
+
+
+@pytest.fixture(autouse=True)
+def _one_line_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLI tests see the errors a user sees, whatever COMPRESS_DEBUG the shell running pytest has."""
+    monkeypatch.setenv("COMPRESS_DEBUG", "0")

@@ -21,6 +21,7 @@ class ToyConfig:
     scale: tuple[float, float] = setting((0.08, 1.0), "Crop scale.")
     mode: str = setting("step", "Schedule.", choices=("step", "cosine"))
     amp: bool = setting(True, "Autocast.")
+    compile: bool = setting(False, "torch.compile.", flag="--compile")
     hidden: int = 3
 
     def validate(self) -> None:
@@ -59,6 +60,7 @@ def test_options_come_from_the_dataclass_with_its_defaults() -> None:
     assert "epochs=20" in result.output and "steps=(5, 10)" in result.output
     assert "scale=(0.5, 1.0)" in result.output and "amp=False" in result.output and "mode='cosine'" in result.output
     assert "--hidden" not in CliRunner().invoke(toy, ["run", "--help"]).output
+    assert "compile=True" in CliRunner().invoke(toy, ["run", "--compile"]).output  # a switch, not an option taking a value
 
 
 @pytest.mark.parametrize("args, culprit", [(["--steps", "abc"], "--steps"), (["--scale", "1"], "--scale"),

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from demo.pipeline import METRICS, DemoConfig, run_demo
+from demo.pipeline import METRICS, DemoConfig, demo_distill_config, run_demo
 from demo.teacher_weights import INSTALL_HINT, find_teacher_weights
 
 
@@ -23,7 +23,8 @@ def demo_run(tmp_path_factory):
     except FileNotFoundError as e:  # scripts/test.sh installs them; say how if they are missing
         pytest.fail(f"the demo teacher's weights are not installed ({INSTALL_HINT}):\n{e}")
     out = str(tmp_path_factory.mktemp("demo"))
-    cfg = DemoConfig(out=out, train_per_class=200, val_per_class=50, epochs=10, bank_size=1024, workers=1, device="cpu", progress=False)
+    cfg = DemoConfig(out=out, train_per_class=200, val_per_class=50,
+                     distill=demo_distill_config(epochs=10, bank_size=1024, workers=1, device="cpu", progress=False))
     return cfg, run_demo(cfg)
 
 

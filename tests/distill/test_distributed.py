@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 
 from cache_builder import distributed as D
 from distill.checkpoint import load_checkpoint
-from distill.engine import DistillConfig, run
+from distill.config import DistillConfig
+from distill.engine import run
 from distill.export import export_student
 from distill.run_identity import RunMismatchError
 from distill.sampler import EpochBatchSampler

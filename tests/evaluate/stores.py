@@ -10,7 +10,7 @@ from storage import create_store
 
 
 def write_store(path: str, features: np.ndarray, labels: np.ndarray | None = None, *, shard_size: int = 64,
-                finalize: bool = True, paths: list[str] | None = None) -> None:
+                finalize: bool = True, paths: list[str] | None = None, provenance: dict | None = None) -> None:
     writer = create_store(path, features.shape[0], features.shape[1], "float32", shard_size=shard_size)
     for shard in writer.pending_shards():
         start, stop = writer.shard_rows(shard)
@@ -19,7 +19,7 @@ def write_store(path: str, features: np.ndarray, labels: np.ndarray | None = Non
                            paths=None if paths is None else paths[start:stop])
         if not finalize:
             return
-    writer.finalize(provenance={"test": True})
+    writer.finalize(provenance={"test": True} if provenance is None else provenance)
 
 
 def write_feature_dir(root: str, seed: int = 0, n_train: int = 120, n_val: int = 30, d: int = 8, classes: int = 4) -> str:

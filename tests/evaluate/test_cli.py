@@ -39,7 +39,7 @@ def test_knn_writes_result_with_protocol_and_fingerprints(feature_dir, tmp_path,
     result = json.load(open(out))
     assert result["protocol"] == protocol and result["params"]["ks"] in ([1, 20], [10, 20])
     assert result["split_sizes"] == {"train": 120, "val": 30}
-    assert len(result["features"]["train"]["fingerprint"]) == 64
+    assert result["features"]["train"]["fingerprint"].startswith("sha256:") and len(result["features"]["train"]["fingerprint"]) == 71
     assert result["params"]["tie_break"] and result["backend"].startswith("faiss")
     assert result["params"]["metric"] == ("l2" if protocol == "compress" else "ip")
     assert ("temperature" in result["params"]) == (protocol == "dino")
@@ -90,7 +90,9 @@ def test_linear_and_cluster_and_report(feature_dir, tmp_path) -> None:
 
 def test_full_linear_protocol_needs_model_and_data(feature_dir) -> None:
     res = run(["linear", "--features", feature_dir, "--full"])
-    assert res.exit_code == 1 and "needs --model and --data" in res.output
+    # a usage error: exit status 2 (it was 1 before the one CLI error handler), one line
+    assert res.exit_code == 2 and "needs --model and --data" in res.output
+    assert len(res.output.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
@@ -109,3 +111,106 @@ def test_knn_stream_equals_in_memory(tmp_path, backend) -> None:
     assert ra["metrics"] == rb["metrics"] and rb["params"]["stream"] is True
     assert rb["features"]["train"]["n"] == 150 and rb["features"]["train"]["d"] == 8
     assert 40 < ra["metrics"]["knn20"] < 100  # not a trivial task
+
+
+def invoke(args: list[str]):
+    """The command line as a user sees it: errors are caught by the CLI's handler."""
+    return CliRunner().invoke(main, args)
+
+
+def one_line_error(res, code: int, *needles: str) -> None:
+    assert res.exit_code == code, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    for needle in needles:
+        assert needle in lines[0], res.output
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--temperature", "0"], ["--temperature must be > 0"]),
+    (["-k", "0"], ["-k: every k must be >= 1"]),
+    (["--database-block", "0"], ["--database-block must be >= 1"]),
+    (["--model", "torchvision:resnet18"], ["give either --features or --model/--data, not both"]),
+    (["--workers", "-1"], ["--workers must be >= 0"]),
+])
+def test_bad_knn_options_are_one_line_usage_errors(feature_dir, args, needles) -> None:
+    one_line_error(invoke(["knn", "--features", feature_dir, *args]), 2, *needles)
+
+
+def test_bad_linear_and_cluster_options_are_one_line_usage_errors(feature_dir, tmp_path) -> None:
+    one_line_error(invoke(["linear", "--features", feature_dir, "--lr", "-0.1"]), 2, "--lr must be > 0")
+    one_line_error(invoke(["linear", "--features", feature_dir, "--fraction", "0.1", "--shots", "2"]), 2, "--fraction and --shots")
+    one_line_error(invoke(["cluster", "--features", feature_dir, "--clusters", "0"]), 2, "--clusters must be >= 1")
+    one_line_error(invoke(["knn", "--model", "torchvision:resnet18"]), 2, "--model and --data go together")
+    one_line_error(invoke(["cluster", "--features", feature_dir, "--grid", str(tmp_path / "g.png")]), 2, "--grid needs --data-root")
+
+
+def test_choices_name_the_option(feature_dir) -> None:
+    res = invoke(["knn", "--features", feature_dir, "--backend", "fais"])
+    assert res.exit_code == 2 and "--backend" in res.output and "fais" in res.output
+
+
+def test_missing_features_dir_is_a_usage_error(tmp_path) -> None:
+    one_line_error(invoke(["knn", "--features", str(tmp_path / "nope")]), 2, "--features", "no such directory")
+
+
+def test_missing_split_and_non_store_are_one_line_data_errors(tmp_path) -> None:
+    root = str(tmp_path / "f")
+    write_store(os.path.join(root, "train"), np.ones((5, 4)), np.zeros(5, int))
+    one_line_error(invoke(["knn", "--features", root]), 1, "no val split")
+    os.makedirs(os.path.join(root, "val"))
+    one_line_error(invoke(["knn", "--features", root]), 1, os.path.join(root, "val"))
+
+
+def test_corrupt_or_deleted_shard_is_a_one_line_data_error(feature_dir) -> None:
+    import shutil
+
+    shutil.rmtree(os.path.join(feature_dir, "train", "shard-00001.zarr"))
+    one_line_error(invoke(["knn", "--features", feature_dir]), 1, os.path.join(feature_dir, "train"))
+
+
+def test_report_of_a_non_result_is_a_one_line_data_error(tmp_path) -> None:
+    bad = tmp_path / "x.json"
+    bad.write_text('{"a": 1}')
+    one_line_error(invoke(["report", str(bad)]), 1, str(bad), "not an evaluation result")
+
+
+def test_debug_shows_the_traceback(tmp_path) -> None:
+    res = invoke(["--debug", "knn", "--features", str(tmp_path / "nope")])
+    assert res.exception is not None and not isinstance(res.exception, SystemExit)
+
+
+def test_config_file_sets_options_and_the_command_line_wins(feature_dir, tmp_path) -> None:
+    cfg = tmp_path / "knn.toml"
+    cfg.write_text('protocol = "dino"\ntemperature = 0.2\nks = [10]\n')
+    out = str(tmp_path / "r.json")
+    res = invoke(["knn", "--config", str(cfg), "--features", feature_dir, "--temperature", "0.1", "--out", out])
+    assert res.exit_code == 0, res.output
+    params = json.load(open(out))["params"]
+    assert params["protocol"] == "dino" and params["temperature"] == 0.1 and params["ks"] == [10]
+
+
+def test_k_takes_a_comma_list_too(feature_dir, tmp_path) -> None:
+    out = str(tmp_path / "r.json")
+    assert invoke(["knn", "--features", feature_dir, "-k", "1,5", "-k", "20", "--out", out]).exit_code == 0
+    assert json.load(open(out))["params"]["ks"] == [1, 5, 20]
+
+
+@pytest.mark.parametrize("command", ["knn", "linear", "cluster", "features", "report"])
+def test_every_option_has_help_and_long_commands_have_no_progress(command) -> None:
+    import click
+
+    cmd = main.commands[command]
+    options = [p for p in cmd.params if isinstance(p, click.Option)]
+    assert all(p.help for p in options), [p.name for p in options if not p.help]
+    if command != "report":
+        assert "--no-progress" in CliRunner().invoke(main, [command, "--help"]).output
+
+
+def test_help_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys; from evaluate.cli import main; main(['knn', '--help'], standalone_mode=False); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False")

@@ -17,7 +17,7 @@ def test_loads_normalised_features_labels_and_fingerprint(tmp_path) -> None:
     fs = load_feature_set(root)
     assert fs.train.features.shape == (120, 8) and fs.val.n == 30
     np.testing.assert_allclose(np.linalg.norm(fs.train.features, axis=1), 1.0, atol=1e-5)
-    assert fs.num_classes == 4 and len(fs.train.fingerprint) == 64
+    assert fs.num_classes == 4 and fs.train.fingerprint.startswith("sha256:") and len(fs.train.fingerprint) == 71
     assert fs.train.fingerprint != fs.val.fingerprint
     assert load_feature_set(root).train.fingerprint == fs.train.fingerprint
 
@@ -58,8 +58,8 @@ def test_missing_split(tmp_path) -> None:
 
 
 def test_streamed_store_blocks_give_the_same_neighbours(tmp_path) -> None:
-    from evaluate.feature_set import iter_store_blocks, load_split
     from distill.topk import search
+    from evaluate.feature_set import iter_store_blocks, load_split
 
     rng = np.random.default_rng(0)
     write_store(str(tmp_path / "db"), rng.standard_normal((100, 6)), np.zeros(100, int), shard_size=16)

@@ -163,7 +163,8 @@ def test_teacher_and_student_specs_load_real_models(tmp_path) -> None:
     weights = tmp_path / "mnv2.pth"
     torch.save(torchvision.models.mobilenet_v2().state_dict(), weights)
     teacher = resolve_model(f"teacher:supervised_mobilenet_v2:{weights}")
-    assert teacher.identity["kind"] == "teacher" and len(teacher.identity["weights_sha256"]) == 64
+    assert teacher.identity["kind"] == "teacher"
+    assert teacher.identity["weights_sha256"].startswith("sha256:") and len(teacher.identity["weights_sha256"]) == 71
     image = Image.new("RGB", (40, 30), (120, 30, 200))
     x = teacher.transform(image)
     assert x.shape[0] == 3 and teacher.module(x[None]).shape == (1, 1280)

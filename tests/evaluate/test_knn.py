@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate.knn import knn_classify, majority_vote, weighted_vote
 from distill.topk import search
+from evaluate.knn import knn_classify, majority_vote, weighted_vote
 from tests.evaluate.reference import reference_majority, reference_neighbours, reference_weighted
 
 BACKENDS = ["torch", "faiss"]
