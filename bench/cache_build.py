@@ -67,9 +67,9 @@ def main() -> None:
     args = p.parse_args()
 
     from cache_builder.build import BuildConfig, build_cache
+    from cache_builder.dataset import ImageDataset
     from cache_builder.devices import resolve_device
     from cache_builder.embed import Embedder
-    from cache_builder.dataset import ImageDataset
     from cache_builder.image_list import scan_image_folder
     from cache_builder.teachers import get_teacher_spec, load_teacher_spec
 

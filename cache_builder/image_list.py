@@ -145,7 +145,7 @@ class _Walker:
         return sorted(found)
 
 
-def _stat_rows(images: "ImageList", rows: range) -> list[tuple[int, int]]:
+def _stat_rows(images: ImageList, rows: range) -> list[tuple[int, int]]:
     out = []
     for i in rows:
         try:
@@ -156,7 +156,7 @@ def _stat_rows(images: "ImageList", rows: range) -> list[tuple[int, int]]:
     return out
 
 
-def file_identities(images: "ImageList", start: int = 0, stop: int | None = None) -> "np.ndarray":
+def file_identities(images: ImageList, start: int = 0, stop: int | None = None) -> np.ndarray:
     """int64 ``(R, 2)``: ``(size in bytes, mtime in ns)`` of images ``start:stop`` (``(-1, -1)`` for a
     file that cannot be stat'ed): the ``IDENTITY_COLUMN`` rows of a store. One ``stat`` per file
     (a few seconds for a million images; threads overlap them on network file systems)."""
@@ -176,7 +176,7 @@ def file_identities(images: "ImageList", start: int = 0, stop: int | None = None
     return np.array(rows, dtype=np.int64).reshape(len(rows), 2)
 
 
-def first_changed(images: "ImageList", recorded: "np.ndarray") -> "tuple[int, tuple[int, int], tuple[int, int]] | None":
+def first_changed(images: ImageList, recorded: np.ndarray) -> tuple[int, tuple[int, int], tuple[int, int]] | None:
     """The first row whose file's current ``(size, mtime_ns)`` differs from ``recorded`` (``(N, 2)``
     from ``file_identities`` at build time), as ``(row, recorded, current)``; None when all agree."""
     import numpy as np
@@ -191,7 +191,7 @@ def first_changed(images: "ImageList", recorded: "np.ndarray") -> "tuple[int, tu
     return row, (int(recorded[row, 0]), int(recorded[row, 1])), (int(current[row, 0]), int(current[row, 1]))
 
 
-def content_fingerprint(images: "ImageList") -> str:
+def content_fingerprint(images: ImageList) -> str:
     """``sha256:<hex>`` of the ordered (path, label, size, mtime_ns) rows: changes when any file
     is replaced, touched, added, removed or relabelled."""
     h = hashlib.sha256()

@@ -13,6 +13,10 @@ class MemoryBank(nn.Module):
     ``row_ids (size,)`` int64 (dataset row of each anchor, -1 if unknown).
     """
 
+    anchors: torch.Tensor
+    pointer: torch.Tensor
+    row_ids: torch.Tensor
+
     def __init__(self, size: int, dim: int, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         if size <= 0 or dim <= 0:

@@ -8,8 +8,9 @@ classification model name not in the registry works too (its classifier becomes 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

@@ -182,10 +182,11 @@ def load_targets(cache: str, data: str, device: torch.device, shared: bool = Fal
         log.info("%s: --trust-data: the images' sizes and mtimes are not compared with the cache's", store.path)
     else:
         check_contents(store, images)
+    embeddings: torch.Tensor
     if shared:
-        embeddings = store.load_shared(kind="torch")
+        embeddings = store.load_shared(kind="torch")  # type: ignore[assignment]  # kind="torch" returns a Tensor
     else:
-        embeddings = store.load_all("torch", pin_memory=device.type == "cuda")
+        embeddings = store.load_all("torch", pin_memory=device.type == "cuda")  # type: ignore[assignment]
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         if fits_on_device(embeddings.numel() * embeddings.element_size(), free):

@@ -201,6 +201,7 @@ class Trainer:
         key = None
         if self.objective.student_bank is not None:
             key = self.embed_reference_views(self.key_student or self.student, rows, train_bn=True)
+        assert isinstance(self.objective, CompRessObjective), "only queue banks are filled from reference views"
         self.objective.fill(self.targets.reference(rows), key, rows.to(self.device))
 
     # ---- checkpoints ----------------------------------------------------------------------

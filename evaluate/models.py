@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from cache_builder.transforms import IMAGENET_MEAN, IMAGENET_STD
 from storage.errors import UsageError, unknown_name

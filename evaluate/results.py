@@ -54,7 +54,7 @@ def make_result(
         "num_classes": feature_set.num_classes,
         "backend": backend,
         "wall_time_s": round(float(wall_time), 3),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "version": package_version(),
         **(extra or {}),
     }

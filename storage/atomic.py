@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from typing import Any, BinaryIO, Callable
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 
 def fsync_dir(path: str) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -83,4 +84,4 @@ def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
 def compress_group(**kwargs: Any) -> Callable[[Callable[..., Any]], CompressGroup]:
     """``@click.group`` for a ``compress-*`` CLI (``-h``/``--help``, ``--debug``, one-line errors)."""
     settings = {"help_option_names": ["-h", "--help"], **kwargs.pop("context_settings", {})}
-    return click.group(cls=CompressGroup, context_settings=settings, **kwargs)  # type: ignore[return-value]
+    return click.group(cls=CompressGroup, context_settings=settings, **kwargs)

@@ -22,7 +22,8 @@ import dataclasses
 import os
 import types
 import typing
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import click
 

@@ -42,7 +42,7 @@ class ColumnSpec:
         return {"shape": list(self.shape), "dtype": self.dtype}
 
     @staticmethod
-    def from_json(obj: dict[str, Any]) -> "ColumnSpec":
+    def from_json(obj: dict[str, Any]) -> ColumnSpec:
         return ColumnSpec(tuple(int(s) for s in obj["shape"]), str(obj["dtype"]))
 
 
@@ -81,7 +81,7 @@ class ShardRecord:
         }
 
     @staticmethod
-    def from_json(obj: dict[str, Any]) -> "ShardRecord":
+    def from_json(obj: dict[str, Any]) -> ShardRecord:
         crc = obj.get("crc32c")
         if "rows" in obj and int(obj["rows"]) != int(obj["stop"]) - int(obj["start"]):
             raise ValueError(f"shard {obj['id']}: 'rows' is {obj['rows']} but 'stop' - 'start' is {int(obj['stop']) - int(obj['start'])}")
@@ -148,7 +148,7 @@ class Manifest:
             "fingerprint": self.fingerprint,
         }
 
-    def with_shard(self, record: ShardRecord) -> "Manifest":
+    def with_shard(self, record: ShardRecord) -> Manifest:
         shards = list(self.shards)
         shards[record.shard_id] = record
         return dataclasses.replace(self, shards=tuple(shards))
@@ -166,7 +166,7 @@ class Manifest:
         columns: dict[str, ColumnSpec] | None = None,
         fingerprint: str | None = None,
         provenance: dict[str, Any] | None = None,
-    ) -> "Manifest":
+    ) -> Manifest:
         """A manifest for an empty store; validates every argument."""
         if n < 0:
             raise ValueError(f"n must be >= 0 rows, got {n}")
@@ -195,7 +195,7 @@ class Manifest:
         return json.dumps(obj, indent=2, sort_keys=False) + "\n"
 
     @staticmethod
-    def from_json(text: str, source: str) -> "Manifest":
+    def from_json(text: str, source: str) -> Manifest:
         """Parse a manifest; ``source`` names the file in error messages."""
         try:
             obj = json.loads(text)

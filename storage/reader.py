@@ -188,10 +188,10 @@ class Store:
         kind: Literal["numpy", "torch"] = "numpy",
         *,
         pin_memory: bool = False,
-        device: "str | torch.device | None" = None,
+        device: str | torch.device | None = None,
         progress: bool = False,
         verify: bool = True,
-    ) -> "np.ndarray | torch.Tensor":
+    ) -> np.ndarray | torch.Tensor:
         """All embeddings as one contiguous array, shape ``(N, D)`` or ``(N, V, D)``.
 
         Args:
@@ -219,7 +219,7 @@ class Store:
             tensor = tensor.to(device, non_blocking=pin_memory)
         return tensor
 
-    def load_shared(self, cache_dir: str | None = None, kind: Literal["numpy", "torch"] = "numpy") -> "np.ndarray | torch.Tensor":
+    def load_shared(self, cache_dir: str | None = None, kind: Literal["numpy", "torch"] = "numpy") -> np.ndarray | torch.Tensor:
         """All embeddings as a memory map that every process on the node shares (one copy in
         the page cache instead of one per DDP rank). See ``storage.shared_array``."""
         from storage.shared_array import load_shared

@@ -169,7 +169,7 @@ def make_block(
 
 def _to_numpy(x: object) -> np.ndarray:
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, without importing torch
-        x = x.detach().cpu().numpy()  # type: ignore[attr-defined]
+        x = x.detach().cpu().numpy()
     return np.asarray(x)
 
 

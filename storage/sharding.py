@@ -85,7 +85,7 @@ def format_ranges(shard_ids: list[int]) -> str:
         return "none"
     parts: list[str] = []
     start = prev = ids[0]
-    for i in ids[1:] + [None]:  # type: ignore[list-item]
+    for i in ids[1:] + [None]:
         if i is not None and i == prev + 1:
             prev = i
             continue

@@ -23,14 +23,14 @@ if TYPE_CHECKING:
     from storage.reader import Store
 
 
-def shared_file_name(store: "Store") -> str:
+def shared_file_name(store: Store) -> str:
     """``rows-<16 hex>.npy``, a function of ``Store.content_fingerprint`` (i.e. of the content)."""
     return f"rows-{store.content_fingerprint().removeprefix('sha256:')[:16]}.npy"
 
 
 def load_shared(
-    store: "Store", cache_dir: str | None = None, kind: Literal["numpy", "torch"] = "numpy"
-) -> "np.ndarray | torch.Tensor":
+    store: Store, cache_dir: str | None = None, kind: Literal["numpy", "torch"] = "numpy"
+) -> np.ndarray | torch.Tensor:
     """Memory-mapped ``(N, D)`` / ``(N, V, D)`` embeddings shared node-wide.
 
     Args:
@@ -65,7 +65,7 @@ def load_shared(
         return torch.from_numpy(array)
 
 
-def _materialise(store: "Store", path: str) -> None:
+def _materialise(store: Store, path: str) -> None:
     """Write the ``.npy`` copy at ``path`` atomically (checksums verified as it is read)."""
     from storage.atomic import write_path_atomic
 

@@ -70,7 +70,7 @@ class StoreWriter:
             self.lock.release()
             self.lock = None
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> StoreWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

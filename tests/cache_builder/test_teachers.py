@@ -278,7 +278,7 @@ def test_cli_list_teachers_prints_every_entry() -> None:
     assert res.exit_code == 0, res.output
     for name in teachers.teacher_names():
         assert name in res.output
-    line = next(l for l in res.output.splitlines() if l.startswith("simclr_r50x4 "))
+    line = next(row for row in res.output.splitlines() if row.startswith("simclr_r50x4 "))
     assert "8192" in line and "375.4M" in line and "simclr_tf" in line
 
 
@@ -297,7 +297,7 @@ def test_cli_list_teachers_builds_no_network(monkeypatch) -> None:
     assert res.exit_code == 0, res.output
     for name in teachers.teacher_names():
         assert name in res.output
-    line = next(l for l in res.output.splitlines() if l.startswith("simclr_r50x4 "))
+    line = next(row for row in res.output.splitlines() if row.startswith("simclr_r50x4 "))
     assert "375.4M" in line and "128.0" in line
 
 

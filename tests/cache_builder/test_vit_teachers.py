@@ -194,7 +194,8 @@ def clip_encode_image(sd: dict, x: torch.Tensor, patch: int, heads: int) -> torc
         p = f"visual.transformer.resblocks.{b}"
         h = ln(t, f"{p}.ln_1")
         q, k, v = F.linear(h, sd[f"{p}.attn.in_proj_weight"], sd[f"{p}.attn.in_proj_bias"]).chunk(3, dim=-1)
-        split = lambda z: z.unflatten(-1, (heads, -1)).transpose(1, 2)
+        def split(z: torch.Tensor) -> torch.Tensor:
+            return z.unflatten(-1, (heads, -1)).transpose(1, 2)
         att = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(q.shape[-1] // heads), dim=-1) @ split(v)
         t = t + F.linear(att.transpose(1, 2).flatten(2), sd[f"{p}.attn.out_proj.weight"], sd[f"{p}.attn.out_proj.bias"])
         h = F.linear(ln(t, f"{p}.ln_2"), sd[f"{p}.mlp.c_fc.weight"], sd[f"{p}.mlp.c_fc.bias"])

@@ -11,9 +11,9 @@ import torchvision
 
 import storage
 from cache_builder.build import BuildConfig, build_cache
+from cache_builder.image_decode import decode_image
 from cache_builder.image_list import discover_splits
 from cache_builder.transforms import RRCViews
-from cache_builder.image_decode import decode_image
 from distill.data import AugmentedImages, ReferenceImages
 from distill.engine import run
 from distill.targets import CacheMismatchError, load_targets

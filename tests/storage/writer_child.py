@@ -38,7 +38,9 @@ def main(path: str, backend_name: str, kill_point: str) -> None:
         def write_then_truncate(self, location, name, block, manifest):  # type: ignore[no-untyped-def]
             original(self, location, name, block, manifest)
             if name.startswith(target):
-                for dirpath, _, files in os.walk(location.local_path(name)) if os.path.isdir(location.local_path(name)) else [("", [], [location.local_path(name)])]:
+                shard_path = location.local_path(name)
+                walk = os.walk(shard_path) if os.path.isdir(shard_path) else [("", [], [shard_path])]
+                for dirpath, _, files in walk:
                     for f in files:
                         p = os.path.join(dirpath, f)
                         os.truncate(p, os.path.getsize(p) // 2)
