@@ -31,7 +31,7 @@ PAPER_LR_STEPS = (90, 120)  # milestones of the paper's 130-epoch run; scaled to
 # fields that do not change what is trained, so they may differ on resume (the cache and data
 # paths included: their contents are part of the run identity, distill.run_identity)
 RUNTIME_FIELDS = ("cache", "data", "out", "workers", "prefetch_factor", "log_every", "ckpt_every", "max_steps", "device",
-                  "compile", "fresh", "progress", "shared_cache", "trust_data")
+                  "compile", "fresh", "progress", "shared_cache", "trust_data", "verify_load")
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,9 @@ class DistillConfig:
     shared_cache: bool = setting(False, "Memory-map one node-wide copy of the cache for all local ranks.", flag="--shared-cache")
     trust_data: bool = setting(False, "Skip the check that the images are unchanged since the cache was built (for "
                                       "read-only mounts whose mtimes change).", flag="--trust-data")
+    verify_load: bool = setting(True, "Check the cached embeddings' CRC32C checksums as they are loaded (once per run; "
+                                      "about as costly as the read itself on a busy 2-core machine, overlapped with it "
+                                      "where cores are idle). --no-verify-load skips it.")
     bank_dtype: str = setting("auto", "Precision of the banks and their similarity GEMMs: auto = bfloat16 on GPUs and on CPUs "
                                       "with bf16 matrix units (AMX, AVX512-BF16), else float32; a resumed run keeps the "
                                       "precision it started with.", choices=BANK_DTYPES)

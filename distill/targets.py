@@ -160,7 +160,8 @@ def check_contents(store: Store, images: ImageList) -> None:
             f"mtime_ns {mtime0}; now {now}. Rebuild the cache for the current images, or {hint}")
 
 
-def load_targets(cache: str, data: str, device: torch.device, shared: bool = False, trust_data: bool = False) -> TeacherTargets:
+def load_targets(cache: str, data: str, device: torch.device, shared: bool = False, trust_data: bool = False,
+                 verify_load: bool = True) -> TeacherTargets:
     """Open the train store of ``cache``, check it matches ``data``, load all rows once.
 
     Args:
@@ -168,6 +169,8 @@ def load_targets(cache: str, data: str, device: torch.device, shared: bool = Fal
             a private copy per process.
         trust_data: skip the check of file sizes and mtimes (``check_contents``); the paths
             are still compared.
+        verify_load: check the embeddings' CRC32Cs as they are loaded (``Store.load_all``); a shared
+            copy is checked once, when it is first written.
     """
     store = open_store(train_store_path(cache))
     store.require_complete("distillation")
@@ -186,7 +189,7 @@ def load_targets(cache: str, data: str, device: torch.device, shared: bool = Fal
     if shared:
         embeddings = store.load_shared(kind="torch")  # type: ignore[assignment]  # kind="torch" returns a Tensor
     else:
-        embeddings = store.load_all("torch", pin_memory=device.type == "cuda")  # type: ignore[assignment]
+        embeddings = store.load_all("torch", pin_memory=device.type == "cuda", verify=verify_load)  # type: ignore[assignment]
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         if fits_on_device(embeddings.numel() * embeddings.element_size(), free):

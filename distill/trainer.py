@@ -55,7 +55,8 @@ def build_trainer(cfg: DistillConfig, targets: TeacherTargets | None = None) -> 
     device = resolve_device(cfg.device)
     D.init_from_env(device)
     if targets is None:
-        targets = load_targets(cfg.cache, cfg.data or "", device, shared=cfg.shared_cache, trust_data=cfg.trust_data)
+        targets = load_targets(cfg.cache, cfg.data or "", device, shared=cfg.shared_cache, trust_data=cfg.trust_data,
+                               verify_load=cfg.verify_load)
     return Trainer(cfg, targets, device)
 
 

@@ -70,3 +70,20 @@ def test_a_cache_without_recorded_identities_is_refused(tmp_path) -> None:
     with pytest.raises(CacheMismatchError, match="records no file sizes and mtimes"):
         load_targets(str(tmp_path / "cache"), data, CPU)
     assert load_targets(str(tmp_path / "cache"), data, CPU, trust_data=True).embeddings.shape == (3, 4)
+
+
+def test_a_changed_embedding_is_refused_at_load_unless_no_verify_load(built, tmp_path) -> None:
+    import shutil
+
+    import h5py
+
+    from storage.errors import StoreCorruptError
+
+    data, cache = built
+    copy = str(tmp_path / "cache")
+    shutil.copytree(cache, copy)
+    with h5py.File(os.path.join(copy, "train", "shard-00001.h5"), "r+") as f:
+        f["embeddings"][2, 0] = -f["embeddings"][2, 0] + 0.5  # same file size: only the checksum can tell
+    with pytest.raises(StoreCorruptError, match=r"shard 1 \(rows 5-9\): the 'embeddings' array does not match its recorded CRC32C"):
+        load_targets(copy, data, CPU, trust_data=True)  # (an earlier test rewrote an image)
+    assert load_targets(copy, data, CPU, trust_data=True, verify_load=False).embeddings.shape[0] == 12  # skipped on request
