@@ -125,7 +125,8 @@ def model_features(model: str, data: str, out: str, cfg: DemoConfig) -> str:
     """Features of ``model`` (a run dir or export) in ``out``: reused while model and data are
     the same, re-extracted (replacing the old ones) when either changed."""
     from cache_builder.devices import resolve_device
-    from evaluate.features import FeaturesConfig, extract_features
+    from evaluate.config import FeaturesConfig
+    from evaluate.features import extract_features
 
     d = cfg.distill
     extract_features(FeaturesConfig(model=model, data=data, out=out, batch_size=256, workers=d.workers,

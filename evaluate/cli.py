@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from evaluate.config import DEFAULT_FEATURES, ClusterConfig, KnnConfig, LinearConfig, SourceConfig
+from evaluate.config import DEFAULT_FEATURES, MODEL_HELP, ClusterConfig, FeaturesConfig, KnnConfig, LinearConfig, SourceConfig
 from storage.cli_errors import compress_group
 from storage.config_options import CommaTuple, config_file_option, config_from_params, config_options
 from storage.errors import UsageError
@@ -122,22 +122,15 @@ def cluster(**params: Any) -> None:
 
 @main.command()
 @config_file_option
-@click.option("--model", required=True, help="Student run dir, exported .pth, teacher:NAME:WEIGHTS or torchvision:ARCH[:WEIGHTS].")
+@click.option("--model", required=True, help=MODEL_HELP)
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="ImageFolder-style root (train/, val/).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (OUT/train, OUT/val stores).")
-@click.option("--batch-size", type=int, default=None, help="Extraction batch size (default: FeaturesConfig's).")
-@click.option("--workers", type=int, default=None, help="DataLoader workers (default: FeaturesConfig's).")
-@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: FeaturesConfig's).")
-@click.option("--image-size", type=int, default=None, help="Center-crop size for torchvision models.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default=None, help="Store dtype (default: FeaturesConfig's).")
-@click.option("--overwrite", is_flag=True, default=None, help="Replace features extracted with another model or dataset.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar per split.")
+@config_options(FeaturesConfig)
 def features(**params: Any) -> None:
     """Extract L2-normalised center-crop backbone features of train and val into stores."""
-    from evaluate.features import FeaturesConfig, extract_features
+    from evaluate.features import extract_features
 
-    # options not given keep FeaturesConfig's defaults (the one place they live)
-    info = extract_features(FeaturesConfig(**{k: v for k, v in params.items() if v is not None}))
+    info = extract_features(config_from_params(FeaturesConfig, params))
     out = params["out"]
     click.echo(f"{'reused' if info['reused'] else 'wrote'} {out}/train ({info['split_sizes']['train']} rows) and "
                f"{out}/val ({info['split_sizes']['val']} rows); fingerprint {info['fingerprint'][:16]}")

@@ -22,6 +22,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 SEARCH_BACKENDS = ("auto", "faiss", "torch")
 DEVICE_HELP = "auto (this process's GPU when CUDA is available, else cpu), cpu, cuda or cuda:N."
 DEFAULT_FEATURES = "cache"
+MODEL_HELP = "Student run dir, exported .pth, teacher:NAME:WEIGHTS or torchvision:ARCH[:WEIGHTS]."
 
 
 def _positive(cfg: Any, *names: str) -> None:
@@ -43,7 +44,7 @@ class SourceConfig:
 
     features: str | None = setting(None, "Features or teacher-cache directory with train/ and val/ stores "
                                          f"(default: ./{DEFAULT_FEATURES} if present).")
-    model: str | None = setting(None, "Student run dir, exported .pth, teacher:NAME:WEIGHTS or torchvision:ARCH[:WEIGHTS].")
+    model: str | None = setting(None, MODEL_HELP)
     data: str | None = setting(None, "ImageFolder-style root (train/, val/) to extract --model's features from.")
     feature_cache: str | None = setting(None, "Where --model/--data features are cached (default: RUN/eval/features or ./eval-cache).")
     image_size: int | None = setting(None, "Center-crop size for torchvision models.")
@@ -184,3 +185,36 @@ class ClusterConfig:
             raise UsageError("--grid needs --data-root (the image root the stores' paths are relative to)")
         if self.data_root and not os.path.isdir(self.data_root):
             raise UsageError(f"--data-root {self.data_root}: no such directory")
+
+
+FEATURE_DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """``compress-eval features``: a frozen backbone over an image folder into ``OUT/train`` and
+    ``OUT/val`` stores of L2-normalised center-crop features (``evaluate.features.extract_features``).
+
+    ``model``, ``data`` and ``out`` are required (explicit options of the command).
+    """
+
+    model: str
+    data: str
+    out: str
+    batch_size: int = setting(64, "Extraction batch size.")
+    workers: int = setting(0, "DataLoader workers.")
+    device: str = setting("auto", DEVICE_HELP)
+    image_size: int | None = setting(None, "Center-crop size for torchvision models.")
+    dtype: str = setting("float16", "Store dtype.", choices=FEATURE_DTYPES)
+    shard_size: int | None = setting(None, "Rows per shard (default: the store's).")
+    overwrite: bool = setting(False, "Replace features extracted with another model or dataset.", flag="--overwrite")
+    progress: bool = setting(True, "Show a progress bar per split.")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _positive(self, "batch_size", "shard_size", "image_size")
+        if self.workers < 0:
+            raise UsageError(f"--workers must be >= 0, got {self.workers}")
+        _known("--dtype", self.dtype, FEATURE_DTYPES, "dtype")

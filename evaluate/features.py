@@ -15,58 +15,18 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from cache_builder.image_decode import decode_image
+from evaluate.config import FeaturesConfig
 from evaluate.image_folder import ImageListing, list_classes, list_split
 from storage.atomic import write_json_atomic
-from storage.errors import UsageError
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val")
-
-
-@dataclass(frozen=True)
-class FeaturesConfig:
-    """Feature extraction.
-
-    Attributes:
-        model: ``--model`` spec (see ``evaluate.models``). data: ImageFolder-style root.
-        out: output directory (``out/train``, ``out/val``).
-        batch_size, workers: loader settings. device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``
-            (``cache_builder.devices.resolve_device``).
-        image_size: center-crop size override (torchvision models).
-        dtype: store dtype. shard_size: rows per shard (default: the store's).
-        overwrite: replace stores extracted with another fingerprint.
-        progress: show a progress bar per split.
-    """
-
-    model: str
-    data: str
-    out: str
-    batch_size: int = 64
-    workers: int = 0
-    device: str = "auto"
-    image_size: int | None = None
-    dtype: str = "float16"
-    shard_size: int | None = None
-    overwrite: bool = False
-    progress: bool = False
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise UsageError(f"--workers must be >= 0, got {self.workers}")
-        if self.dtype not in ("float16", "float32"):
-            raise UsageError(f"--dtype must be float16 or float32, got {self.dtype!r}")
-        if self.shard_size is not None and self.shard_size < 1:
-            raise UsageError(f"--shard-size must be >= 1, got {self.shard_size}")
-        if self.image_size is not None and self.image_size < 1:
-            raise UsageError(f"--image-size must be >= 1, got {self.image_size}")
 
 
 class ImageDataset:

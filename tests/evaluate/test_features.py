@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from evaluate.config import FeaturesConfig
 from evaluate.feature_set import load_feature_set
-from evaluate.features import FeaturesConfig, cached_features, extract_features
+from evaluate.features import cached_features, extract_features
 from evaluate.image_folder import list_split
 from evaluate.models import resolve_model
 from storage import StoreMismatchError

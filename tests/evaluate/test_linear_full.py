@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evaluate.features import FeaturesConfig, extract_features
+from evaluate.config import FeaturesConfig
+from evaluate.features import extract_features
 from evaluate.linear import LinearConfig, linear
 from evaluate.linear_full import augmented_transform, epoch_lr
 from evaluate.models import center_crop_transform
