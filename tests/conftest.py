@@ -28,6 +28,17 @@ def python_exe() -> str:
     return sys.executable
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with one torch thread (small CPU models: less contention on shared cores)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _one_line_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     """CLI tests see the errors a user sees, whatever COMPRESS_DEBUG the shell running pytest has."""

@@ -32,17 +32,24 @@ def jpegs(tmp_path_factory):
     return data, cache
 
 
-def test_encoded_path_draws_the_same_views_and_decodes_to_nearly_the_same_pixels(jpegs) -> None:
-    data, _ = jpegs
+def encoded_and_pil_views(data: str, epoch: int):  # type: ignore[no-untyped-def]
+    """Epoch ``epoch``'s views of every image, as encoded batch entries (with their rows and
+    views) and as the PIL path's ``(N, 3, 16, 16)`` uint8 pixels."""
     images = discover_splits(data)["train"]
     pil = AugmentedImages(images, 16, (0.3, 1.0), seed=4)
     enc = AugmentedImages(images, 16, (0.3, 1.0), seed=4, encoded=True)
-    keys = [(1, row) for row in range(len(images))]
+    keys = [(epoch, row) for row in range(len(images))]
     batch, rows, views = collate_encoded([enc[k] for k in keys])
-    assert rows.tolist() == list(range(len(images))) and views.tolist() == [0] * len(images)
+    return batch, rows, views, torch.stack([pil[k][0] for k in keys])
+
+
+def test_encoded_path_draws_the_same_views_and_decodes_to_nearly_the_same_pixels(jpegs) -> None:
+    data, _ = jpegs
+    batch, rows, views, expected = encoded_and_pil_views(data, epoch=1)
+    n = len(expected)
+    assert rows.tolist() == list(range(n)) and views.tolist() == [0] * n
     decoded = GpuViewDecoder(16, torch.device("cpu"))(batch)
-    expected = torch.stack([pil[k][0] for k in keys])
-    assert decoded.shape == expected.shape == (len(images), 3, 16, 16) and decoded.dtype == torch.uint8
+    assert decoded.shape == expected.shape == (n, 3, 16, 16) and decoded.dtype == torch.uint8
     diff = (decoded.float() - expected.float()).abs()
     assert diff.mean() < 2.0, diff.mean()  # same JPEG decoder family, tensor vs PIL antialiased resize
     flips = [e.box[4] for e in batch]
@@ -74,14 +81,9 @@ def test_decode_gpu_on_cuda_matches_cpu_decoding(jpegs, tmp_path) -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     data, cache = jpegs
-    images = discover_splits(data)["train"]
-    pil = AugmentedImages(images, 16, (0.3, 1.0), seed=4)
-    enc = AugmentedImages(images, 16, (0.3, 1.0), seed=4, encoded=True)
-    keys = [(0, row) for row in range(len(images))]
-    batch, _, _ = collate_encoded([enc[k] for k in keys])
+    batch, _, _, expected = encoded_and_pil_views(data, epoch=0)
     decoded = GpuViewDecoder(16, torch.device("cuda"))(batch)
     assert decoded.device.type == "cuda"
-    expected = torch.stack([pil[k][0] for k in keys])
     assert (decoded.cpu().float() - expected.float()).abs().mean() < 3.0
     out = str(tmp_path / "gpu")
     assert run(tiny(cache, out, batch_size=8, bank_size=16, epochs=1, probe_size=16, decode="gpu", device="cuda"))["finished"]

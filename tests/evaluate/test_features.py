@@ -27,13 +27,7 @@ def make_image_folder(root: str, per_class: dict[str, int] | None = None) -> str
 MODEL = "torchvision:resnet18"
 OPTS = dict(image_size=16, batch_size=4)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_listing_is_sorted_and_labelled(tmp_path) -> None:

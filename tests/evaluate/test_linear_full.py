@@ -14,13 +14,7 @@ from tests.evaluate.test_features import make_image_folder
 
 MODEL = "torchvision:resnet18"
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_augmented_transform_replaces_center_crop() -> None:
