@@ -27,6 +27,7 @@ import torch
 
 import storage
 from cache_builder import distributed as dist
+from cache_builder.checkpoints import LoadReport
 from cache_builder.build_config import BuildConfig, BuildError, default_workers
 from cache_builder.dataset import ImageDataset, collate_raw, scan_bad_images
 from cache_builder.devices import resolve_device
@@ -221,12 +222,13 @@ def _identity(cfg: BuildConfig, spec: AnySpec, weights_sha: str, decode: str) ->
     return identity
 
 
-def _provenance(cfg: BuildConfig, spec: AnySpec, weights_sha: str, layout: str, decode: str) -> dict[str, Any]:
+def _provenance(cfg: BuildConfig, spec: AnySpec, weights_sha: str, report: LoadReport, decode: str) -> dict[str, Any]:
     assert cfg.weights is not None
     return {
         "teacher": spec.name, "arch": spec.arch, "embedding": spec.embedding, "embed_dim": spec.embed_dim,
         "weights": os.path.abspath(cfg.weights),
-        "weights_sha256": weights_sha, "weights_layout": layout, "preprocessing": spec.preprocessing(),
+        "weights_sha256": weights_sha, "weights_layout": report.layout, "weights_load": report.summary(),
+        "preprocessing": spec.preprocessing(),
         "views": cfg.views, "augment": cfg.augment, "seed": cfg.seed, "decode": decode, "package_version": package_version(),
         "torch_version": torch.__version__, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "world_size": dist.world_size(),
@@ -263,8 +265,7 @@ def build_cache(cfg: BuildConfig) -> BuildResult:
     vit = isinstance(spec, ViTTeacherSpec)
     if not (os.path.exists if vit else os.path.isfile)(cfg.weights):  # before anything slow: say where the file goes
         raise MissingWeightsError(spec.missing_weights_message(cfg.weights))
-    if not vit:
-        spec = spec.with_embedding(cfg.embedding)  # refuses --embedding early; ViT specs choose it after loading
+    spec = spec.with_embedding(cfg.embedding)  # refuses an --embedding the teacher cannot give before anything slow
     _check_inputs(cfg)
     dist.init_from_env(cfg.device)
     try:
@@ -282,7 +283,7 @@ def build_cache(cfg: BuildConfig) -> BuildResult:
         model, spec, report = load_teacher_spec(spec, cfg.weights, "cpu", embedding=cfg.embedding)  # the Embedder moves it
         weights_sha = file_sha256(report.path)
         identity = _identity(cfg, spec, weights_sha, decode)
-        provenance = _provenance(cfg, spec, weights_sha, report.layout, decode)
+        provenance = _provenance(cfg, spec, weights_sha, report, decode)
         if dist.rank() == 0:
             os.makedirs(cfg.out, exist_ok=True)
             write_json_atomic(os.path.join(cfg.out, CONFIG_NAME), {
