@@ -363,3 +363,30 @@ def test_list_teachers_shows_vit_entries_without_building(monkeypatch) -> None:
     assert "vit_giant_patch14_dinov2" in g and "1536" in g and "1134.8M" in g and "dinov2 | timm" in g
     assert "source: facebookresearch/dinov2: dinov2_vitg14_pretrain.pth" in res.output
     assert "timm:<model_name>" in res.output
+
+
+def test_compress_eval_model_accepts_vit_and_timm_teachers(shallow, data, tmp_path) -> None:
+    """``--model teacher:NAME:WEIGHTS`` of compress-eval (evaluate.models) with a ViT teacher and
+    ``teacher:timm:<model_name>:HUB_DIR``."""
+    import timm
+    from PIL import Image
+
+    from evaluate.models import resolve_model
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=SIZE, depth=1).eval()
+    model.load_state_dict(lay.randomized(model.state_dict(), seed=4))
+    hub = lay.save_hub_dir(str(tmp_path / "hub"), model.state_dict(), {
+        "architecture": "vit_tiny_patch16_224", "model_args": {"depth": 1, "img_size": SIZE},
+        "pretrained_cfg": {"input_size": [3, SIZE, SIZE], "crop_pct": 1.0}})
+    resolved = resolve_model(f"teacher:timm:vit_tiny_patch16_224:{hub}")
+    assert resolved.identity["name"] == "timm:vit_tiny_patch16_224"
+    assert resolved.identity["weights_sha256"] == storage.hashing.file_sha256(os.path.join(hub, "model.safetensors"))
+    img = Image.open(os.path.join(data, "train", "class_0", "000.png"))
+    x = resolved.transform(img).unsqueeze(0)
+    assert x.shape == (1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(resolved.module(x), model(x), rtol=1e-4, atol=1e-4)
+
+    path = lay.save(lay.dino_released(384, 16), str(tmp_path / "dino.pth"))
+    resolved = resolve_model(f"teacher:dino_vits16:{path}")
+    assert resolved.transform(img).shape == (3, 224, 224) and "bicubic" in resolved.identity["preprocessing"]
