@@ -1,6 +1,6 @@
 """Loading ViT / foundation-model teacher checkpoints into timm models, strictly.
 
-Steps (see docs/teachers-vit.md for every layout's exact key names):
+Steps (docs/cache.md, "ViT and foundation-model teachers", lists the layouts):
 
 1. ``read_weights(path)``: a ``.safetensors`` file (``safetensors.torch.load_file``), a torch file
    (``torch.load(weights_only=True)``; ``argparse.Namespace``, which DINO's full training

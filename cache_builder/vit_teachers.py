@@ -1,5 +1,5 @@
 """ViT and foundation-model teachers on timm: DINO, DINOv2 (+ registers), DINOv3, CLIP, SigLIP,
-and any timm model (``timm:<model_name>``). See docs/teachers-vit.md.
+and any timm model (``timm:<model_name>``). See docs/cache.md, "ViT and foundation-model teachers".
 
 A ``ViTTeacherSpec`` is frozen: timm architecture and its create arguments, embeddings, accepted
 checkpoint layouts (``vit_checkpoints.LAYOUTS``), the release's evaluation preprocessing and the
