@@ -27,16 +27,16 @@ import torch
 
 import storage
 from cache_builder import distributed as dist
-from cache_builder.checkpoints import LoadReport
 from cache_builder.build_config import BuildConfig, BuildError, default_workers
+from cache_builder.checkpoints import LoadReport
 from cache_builder.dataset import ImageDataset, collate_raw, scan_bad_images
 from cache_builder.devices import resolve_device
 from cache_builder.embed import CROPS_COLUMN, Embedder, StoreRows, embed_shards, progress_bar, shard_loader
 from cache_builder.image_list import ImageList, discover_splits
 from cache_builder.knn_check import knn_top1
 from cache_builder.teachers import AnySpec, MissingWeightsError, load_teacher_spec, resolve_spec
-from cache_builder.vit_teachers import ViTTeacherSpec
 from cache_builder.transforms import CROP_COLUMNS, RRCViews
+from cache_builder.vit_teachers import ViTTeacherSpec
 from storage.atomic import write_json_atomic
 from storage.errors import UsageError
 from storage.hashing import file_sha256

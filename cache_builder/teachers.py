@@ -314,9 +314,9 @@ def load_teacher_spec(spec: AnySpec, weights_path: str, device: str | torch.devi
         UsageError: an ``embedding`` the teacher cannot give.
     """
     if isinstance(spec, ViTTeacherSpec):
-        model, vit_spec, report = load_vit_teacher(spec, weights_path, embedding)
+        vit_model, vit_spec, report = load_vit_teacher(spec, weights_path, embedding)
         log.info("%s: %s", vit_spec.name, report.summary())
-        return model.to(device), vit_spec, report
+        return vit_model.to(device), vit_spec, report
     spec = spec.with_embedding(embedding)
     if not os.path.isfile(weights_path):
         raise MissingWeightsError(spec.missing_weights_message(weights_path))

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torchvision.transforms import InterpolationMode, v2
 
-from cache_builder.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, Uint8Transform, _as_uint8_tensor, to_rgb
 from cache_builder.checkpoints import LoadReport, MissingWeightsError
+from cache_builder.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, Uint8Transform, _as_uint8_tensor, to_rgb
 from cache_builder.vit_checkpoints import detect_layout, hub_config, load_vit_strict, read_weights, unwrap
 from storage.errors import UsageError, unknown_name
 

@@ -390,3 +390,31 @@ def test_compress_eval_model_accepts_vit_and_timm_teachers(shallow, data, tmp_pa
     path = lay.save(lay.dino_released(384, 16), str(tmp_path / "dino.pth"))
     resolved = resolve_model(f"teacher:dino_vits16:{path}")
     assert resolved.transform(img).shape == (3, 224, 224) and "bicubic" in resolved.identity["preprocessing"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_build_is_bf16_and_a_vitg_never_holds_fp32_weights_there(shallow, data, tmp_path, monkeypatch) -> None:
+    """On CUDA: the ViT cache equals the CPU float32 cache (bf16 autocast + bf16 weights), and a
+    full-depth DINOv2 ViT-g (1.13B parameters: 4.5 GB in float32) peaks below 3.5 GB on the GPU."""
+    from safetensors.torch import save_file
+
+    sd = lay.dino_released(384, 16, seed=9)
+    w = lay.save(sd, str(tmp_path / "dino.pth"))
+    cpu = rows(built("dino_vits16", w, data, str(tmp_path / "cpu"), "--device", "cpu"))
+    gpu = rows(built("dino_vits16", w, data, str(tmp_path / "gpu"), "--device", "cuda"))
+    assert bool((F.cosine_similarity(cpu, gpu, dim=1) > 0.995).all())
+
+    monkeypatch.undo()  # full depth from here on
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = vt.VIT_TEACHERS["dinov2_vitg14"]
+    full = vt.create_vit_model(spec)
+    path = str(tmp_path / "vitg.safetensors")
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in full.state_dict().items()}, path)
+    del full
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    store = built("dinov2_vitg14", path, data, str(tmp_path / "g"), "--device", "cuda", input_size=None)
+    peak = torch.cuda.max_memory_allocated()
+    assert store.manifest.d == 1536 and bool(np.isfinite(rows(store).numpy()).all())
+    assert peak < 3.5e9, f"peak GPU memory {peak / 1e9:.2f} GB: float32 weights were on the GPU"
