@@ -27,10 +27,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.transforms import InterpolationMode, v2
 
 from cache_builder.checkpoints import LoadReport, MissingWeightsError
-from cache_builder.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, Uint8Transform, _as_uint8_tensor, to_rgb
+from cache_builder.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, SquashUint8Transform, Uint8Transform
 from cache_builder.vit_checkpoints import detect_layout, hub_config, load_vit_strict, read_weights, unwrap
 from storage.errors import UsageError, unknown_name
 
@@ -40,20 +39,6 @@ SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
 EMBEDDINGS = ("cls", "mean", "cls+mean", "pool")
 TIMM_PREFIX = "timm:"
-
-
-class SquashUint8Transform:
-    """``Resize((S, S))`` without keeping the aspect ratio (SigLIP's ``resize(224)``): PIL image or
-    uint8 ``(C, H, W)`` -> uint8 ``(3, S, S)``. Same attributes as ``Uint8Transform``."""
-
-    def __init__(self, input_size: int, interpolation: str = "bilinear") -> None:
-        self.input_size = input_size
-        self.resize_size = input_size
-        self.interpolation = InterpolationMode(interpolation)
-        self._op = v2.Resize((input_size, input_size), interpolation=self.interpolation, antialias=True)
-
-    def __call__(self, img: object) -> torch.Tensor:
-        return _as_uint8_tensor(self._op(to_rgb(img)))
 
 
 @dataclass(frozen=True)

@@ -418,3 +418,40 @@ def test_gpu_build_is_bf16_and_a_vitg_never_holds_fp32_weights_there(shallow, da
     peak = torch.cuda.max_memory_allocated()
     assert store.manifest.d == 1536 and bool(np.isfinite(rows(store).numpy()).all())
     assert peak < 3.5e9, f"peak GPU memory {peak / 1e9:.2f} GB: float32 weights were on the GPU"
+
+
+def _synthetic(name: str, tmp_path) -> tuple[str, int]:
+    """A synthetic depth-1 checkpoint of registry entry ``name`` in its release's layout, and a
+    test input size (two patches a side)."""
+    import timm
+
+    spec = vt.VIT_TEACHERS[name]
+    patch = int(spec.arch.split("patch")[1].split("_")[0])
+    path = str(tmp_path / f"{name}.pth")
+    if spec.family == "dino":
+        return lay.save(lay.dino_released(spec.width, patch), path), 2 * patch
+    if spec.family == "dinov2":
+        sd = lay.dinov2_meta(spec.width, registers=4 if name.endswith("_reg") else 0,
+                             swiglu_hidden=4096 if spec.width == 1536 else 0)
+        return lay.save(sd, path), 2 * patch
+    if spec.family == "dinov3":
+        return lay.save(lay.dinov3_meta(spec.width, spec.width // 64), path), 2 * patch
+    if spec.family == "clip":
+        return lay.save(lay.openai_clip(spec.width, patch, spec.pool_dim, grid=2), path), 2 * patch
+    model = timm.create_model(spec.arch, pretrained=False, num_classes=0, img_size=2 * patch, depth=1)
+    return lay.save_hub_dir(str(tmp_path / name), lay.randomized(model.state_dict()), {"architecture": spec.arch}), 2 * patch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(vt.VIT_TEACHERS))
+def test_every_registry_entry_builds_the_teachers_rows(name, shallow, data, tmp_path) -> None:
+    """Every entry through `compress-cache build`: rows = the loaded teacher (checked against
+    timm / encode_image in test_vit_teachers.py) on torchvision-preprocessed images."""
+    weights, size = _synthetic(name, tmp_path)
+    store = built(name, weights, data, str(tmp_path / "c"), input_size=size)
+    teacher, spec, _ = vt.build_vit_teacher(name, weights, input_size=size, model_kwargs={"depth": 1})
+    x = preprocessed(store, data, spec.resize_size, size, spec.mean, spec.std, squash=spec.resize_mode == "squash",
+                     interpolation=spec.interpolation)
+    with torch.inference_mode():
+        assert_rows_match(store, teacher(x))
+    assert store.manifest.d == spec.embed_dim and provenance(store)["embedding"] == spec.embedding
