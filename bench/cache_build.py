@@ -1,6 +1,7 @@
 """Cache-build throughput against bare baselines measured in the same run.
 
     python bench/cache_build.py --teacher supervised_r50 --images 96 --input-size 224 --workers 1
+    python bench/cache_build.py --teacher dinov2_vits14 --images 48 --workers 1 --threads 1   # ViT teachers too
 
 Prints one table (img/s and ratios):
   * bare loader      : DataLoader decode + resize/crop to uint8, nothing else;
@@ -42,7 +43,11 @@ def make_images(root: str, n: int, seed: int = 0) -> None:
 
 def random_weights(spec, path: str) -> None:
     from cache_builder.teachers import build_meta
+    from cache_builder.vit_teachers import ViTTeacherSpec, create_vit_model
 
+    if isinstance(spec, ViTTeacherSpec):  # timm's own init at the spec's input size, saved in timm names
+        torch.save(create_vit_model(spec).state_dict(), path)
+        return
     meta = build_meta(spec)
     sd = {}
     g = torch.Generator().manual_seed(0)
@@ -64,7 +69,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU runs on a shared machine)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from cache_builder.build import BuildConfig, build_cache
     from cache_builder.dataset import ImageDataset
@@ -94,7 +102,11 @@ def main() -> None:
 
     # 2. bare forward on the pre-decoded batches
     model, spec, _ = load_teacher_spec(spec, weights, device)
-    emb = Embedder(model, device, mean=spec.mean, std=spec.std, amp=True, compile=False)
+    from cache_builder.vit_teachers import ViTTeacherSpec
+
+    emb = Embedder(model, device, mean=spec.mean, std=spec.std, amp=True, compile=False,
+                   low_precision_weights=isinstance(spec, ViTTeacherSpec))  # as build_cache does
+    weights_dtype = next(emb.model.parameters()).dtype
     emb(batches[0], "float16")  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -126,7 +138,7 @@ def main() -> None:
             return tf(decode_image(images.absolute(i)))
 
     ref_loader = torch.utils.data.DataLoader(_FloatDS(), batch_size=args.batch_size, num_workers=args.workers)
-    model32 = model.float()
+    model32 = emb.model.float()
     t = time.perf_counter()
     feats = []
     with torch.no_grad():
@@ -138,6 +150,11 @@ def main() -> None:
 
     bare_fwd = rows[1][1]
     bound = min(rows[0][1], bare_fwd)
+    if isinstance(spec, ViTTeacherSpec):
+        import timm
+
+        fused = "fused SDPA attention" if timm.layers.use_fused_attn() else "unfused attention"
+        print(f"ViT teacher: {fused}, forward weights {weights_dtype}, autocast {emb.amp_dtype}")
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     print(f"\nteacher {args.teacher} ({spec.arch}), {n} JPEGs ~400x460 px -> {spec.input_size} px, batch {args.batch_size}, "

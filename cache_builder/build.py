@@ -28,13 +28,15 @@ import torch
 import storage
 from cache_builder import distributed as dist
 from cache_builder.build_config import BuildConfig, BuildError, default_workers
+from cache_builder.checkpoints import LoadReport
 from cache_builder.dataset import ImageDataset, collate_raw, scan_bad_images
 from cache_builder.devices import resolve_device
 from cache_builder.embed import CROPS_COLUMN, Embedder, StoreRows, embed_shards, progress_bar, shard_loader
 from cache_builder.image_list import ImageList, discover_splits
 from cache_builder.knn_check import knn_top1
-from cache_builder.teachers import MissingWeightsError, TeacherSpec, load_teacher_spec, resolve_spec
+from cache_builder.teachers import AnySpec, MissingWeightsError, load_teacher_spec, resolve_spec
 from cache_builder.transforms import CROP_COLUMNS, RRCViews
+from cache_builder.vit_teachers import ViTTeacherSpec
 from storage.atomic import write_json_atomic
 from storage.errors import UsageError
 from storage.hashing import file_sha256
@@ -91,7 +93,7 @@ class GpuDecoder:
     """Decodes JPEG bytes on the GPU (``torchvision.io.decode_jpeg(device="cuda")``) and
     resizes/crops there; non-JPEG or failing files are decoded on the CPU, one by one."""
 
-    def __init__(self, spec: TeacherSpec, device: torch.device, images: ImageList) -> None:
+    def __init__(self, spec: AnySpec, device: torch.device, images: ImageList) -> None:
         self.transform = spec.uint8_transform()
         self.device = device
         self.images = images
@@ -146,7 +148,7 @@ def _readable(split: str, images: ImageList, cfg: BuildConfig) -> tuple[list[int
     return kept, skipped
 
 
-def _build_split(split: str, images: ImageList, cfg: BuildConfig, spec: TeacherSpec, embedder: Embedder,
+def _build_split(split: str, images: ImageList, cfg: BuildConfig, spec: AnySpec, embedder: Embedder,
                  identity: dict[str, Any], provenance: dict[str, Any]) -> tuple[SplitResult, str]:
     rank, world = dist.rank(), dist.world_size()
     path = os.path.join(cfg.out, split)
@@ -207,20 +209,26 @@ def _check_inputs(cfg: BuildConfig) -> None:
         raise UsageError(f"--root {cfg.root}: no such directory")
 
 
-def _identity(cfg: BuildConfig, spec: TeacherSpec, weights_sha: str, decode: str) -> dict[str, Any]:
-    """What the stores' fingerprints cover (with the split and its data listing)."""
-    return {
+def _identity(cfg: BuildConfig, spec: AnySpec, weights_sha: str, decode: str) -> dict[str, Any]:
+    """What the stores' fingerprints cover (with the split and its data listing). ViT / timm
+    teachers add their embedding (ResNet caches keep the identity they always had)."""
+    identity = {
         "teacher": spec.name, "arch": spec.arch, "options": [list(o) for o in spec.options], "weights_sha256": weights_sha,
         "preprocessing": spec.preprocessing(), "views": cfg.views, "augment": cfg.augment,
         "seed": cfg.seed if cfg.views else None, "dtype": cfg.dtype, "decode": decode,
     }
+    if isinstance(spec, ViTTeacherSpec):
+        identity["embedding"] = spec.embedding
+    return identity
 
 
-def _provenance(cfg: BuildConfig, spec: TeacherSpec, weights_sha: str, layout: str, decode: str) -> dict[str, Any]:
+def _provenance(cfg: BuildConfig, spec: AnySpec, weights_sha: str, report: LoadReport, decode: str) -> dict[str, Any]:
     assert cfg.weights is not None
     return {
-        "teacher": spec.name, "arch": spec.arch, "embed_dim": spec.embed_dim, "weights": os.path.abspath(cfg.weights),
-        "weights_sha256": weights_sha, "weights_layout": layout, "preprocessing": spec.preprocessing(),
+        "teacher": spec.name, "arch": spec.arch, "embedding": spec.embedding, "embed_dim": spec.embed_dim,
+        "weights": os.path.abspath(cfg.weights),
+        "weights_sha256": weights_sha, "weights_layout": report.layout, "weights_load": report.summary(),
+        "preprocessing": spec.preprocessing(),
         "views": cfg.views, "augment": cfg.augment, "seed": cfg.seed, "decode": decode, "package_version": package_version(),
         "torch_version": torch.__version__, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "world_size": dist.world_size(),
@@ -253,9 +261,11 @@ def build_cache(cfg: BuildConfig) -> BuildResult:
     """
     cfg = cfg.resolved()
     assert cfg.weights is not None and cfg.data is not None
-    spec = resolve_spec(cfg.teacher, cfg.arch, cfg.prefix, cfg.embed_layer).with_sizes(cfg.input_size, cfg.resize_size)
-    if not os.path.isfile(cfg.weights):  # before anything slow: say where the file goes
+    spec = resolve_spec(cfg.teacher, cfg.arch, cfg.prefix, cfg.embed_layer, cfg.weights).with_sizes(cfg.input_size, cfg.resize_size)
+    vit = isinstance(spec, ViTTeacherSpec)
+    if not (os.path.exists if vit else os.path.isfile)(cfg.weights):  # before anything slow: say where the file goes
         raise MissingWeightsError(spec.missing_weights_message(cfg.weights))
+    spec = spec.with_embedding(cfg.embedding)  # refuses an --embedding the teacher cannot give before anything slow
     _check_inputs(cfg)
     dist.init_from_env(cfg.device)
     try:
@@ -270,17 +280,18 @@ def build_cache(cfg: BuildConfig) -> BuildResult:
             if unknown:
                 raise UsageError(f"--split {', '.join(unknown)}: {cfg.data} has splits {', '.join(sorted(splits))}")
             splits = {s: splits[s] for s in cfg.splits}
-        model, spec, report = load_teacher_spec(spec, cfg.weights, device)
-        weights_sha = file_sha256(cfg.weights)
+        model, spec, report = load_teacher_spec(spec, cfg.weights, "cpu", embedding=cfg.embedding)  # the Embedder moves it
+        weights_sha = file_sha256(report.path)
         identity = _identity(cfg, spec, weights_sha, decode)
-        provenance = _provenance(cfg, spec, weights_sha, report.layout, decode)
+        provenance = _provenance(cfg, spec, weights_sha, report, decode)
         if dist.rank() == 0:
             os.makedirs(cfg.out, exist_ok=True)
             write_json_atomic(os.path.join(cfg.out, CONFIG_NAME), {
-                "config": cfg.to_json(), "teacher_spec": {"name": spec.name, "arch": spec.arch, "embed_dim": spec.embed_dim,
+                "config": cfg.to_json(), "teacher_spec": {"name": spec.name, "arch": spec.arch, "embedding": spec.embedding,
+                                                          "embed_dim": spec.embed_dim,
                                                           "preprocessing": spec.preprocessing(), "layout": report.layout},
                 "weights_sha256": weights_sha})
-        embedder = Embedder(model, device, mean=spec.mean, std=spec.std, amp=cfg.amp, compile=cfg.compile)
+        embedder = Embedder(model, device, mean=spec.mean, std=spec.std, amp=cfg.amp, compile=cfg.compile, low_precision_weights=vit)
         results: dict[str, SplitResult] = {}
         fingerprints: dict[str, str] = {}
         for split, images in splits.items():

@@ -21,6 +21,7 @@ DTYPES = ("float16", "float32")
 BACKENDS = ("zarr", "hdf5")
 AUGMENTS = ("none", "rrc")
 DECODES = ("cpu", "gpu")
+EMBEDDINGS = ("cls", "mean", "cls+mean", "pool")
 
 
 class BuildError(CompressError):
@@ -42,17 +43,23 @@ class BuildConfig:
     ``splits`` is set by the repeatable ``--split`` option.
     """
 
-    teacher: str = setting("", "Teacher name (see `compress-cache list-teachers`) or `custom`.", cli=False)
-    weights: str | None = setting(None, "Local weights file. Default: $COMPRESS_HOME/weights/<teacher>.pth "
+    teacher: str = setting("", "Teacher name (see `compress-cache list-teachers`), timm:<model_name>, or `custom`.", cli=False)
+    weights: str | None = setting(None, "Local weights file (ViT / timm teachers: .pth, .safetensors or a hub directory with "
+                                        "config.json + model.safetensors). Default: $COMPRESS_HOME/weights/<teacher>.pth "
                                         "($COMPRESS_HOME defaults to ~/.cache/compress).")
+    embedding: str | None = setting(None, "ViT / timm teachers: cls (CLS token after the final norm), mean (of the patch "
+                                          "tokens), cls+mean (both, 2D), pool (the model's own pooled / projected output). "
+                                          "Default: the teacher's (DINO family cls, CLIP/SigLIP/timm pool).", choices=EMBEDDINGS)
     data: str | None = setting(None, "Split root (train/, val/), class-folder root, or file list. Default: $COMPRESS_DATA or ./data.")
     root: str | None = setting(None, "Base directory of a file list's relative paths (default: the list's directory).")
     out: str = setting("./cache", "Cache directory; one store per split (OUT/train, OUT/val).")
     arch: str | None = setting(None, "custom teacher: a torchvision model name.")
     prefix: str = setting("", "custom teacher: key prefix to strip (e.g. module.backbone.).")
     embed_layer: str | None = setting(None, "custom teacher: submodule whose (pooled) output is the embedding.")
-    input_size: int | None = setting(None, "Override the crop size (default from the teacher spec, 224).")
-    resize_size: int | None = setting(None, "Override the resize size (default input-size * 256/224).")
+    input_size: int | None = setting(None, "Override the crop size (default from the teacher spec, 224); ViT position "
+                                           "embeddings are resampled to the new patch grid.")
+    resize_size: int | None = setting(None, "Override the resize size (default input-size / the teacher's crop ratio, "
+                                            "e.g. 256/224).")
     splits: tuple[str, ...] | None = setting(None, "Build only these splits.", cli=False)
     batch_size: int = setting(64, "Images per teacher forward.")
     workers: int | None = setting(None, "DataLoader workers per process (default: CPU cores / local ranks, at most 8).")
@@ -68,7 +75,7 @@ class BuildConfig:
     compile: bool = setting(False, "torch.compile the teacher.")
     decode: str = setting("cpu", "gpu: decode JPEGs on the GPU with torchvision (falls back to the CPU without CUDA).",
                           choices=DECODES)
-    amp: bool = setting(True, "bf16/fp16 autocast on GPU.")
+    amp: bool = setting(True, "bf16/fp16 autocast on GPU (ViT / timm teachers also hold their weights in bf16 there).")
     knn: bool = setting(True, "1-NN sanity check of val against train at the end.")
     progress: bool = setting(True, "Show progress bars.")
 
@@ -97,6 +104,8 @@ class BuildConfig:
             raise UsageError(f"--resize-size {self.resize_size} must be >= --input-size {self.input_size}")
         if self.teacher != "custom" and (self.arch or self.prefix or self.embed_layer):
             raise UsageError(f"--arch/--prefix/--embed-layer apply to teacher 'custom' only, not {self.teacher!r}")
+        if self.embedding is not None and self.embedding not in EMBEDDINGS:
+            raise UsageError(f"--embedding must be one of {', '.join(EMBEDDINGS)}, got {self.embedding!r}")
         if self.teacher == "custom" and not self.arch:
             raise UsageError("teacher 'custom' needs --arch (a torchvision model name, e.g. resnet18)")
         _check_out(self.out)

@@ -32,6 +32,10 @@ class CheckpointError(CompressError, ValueError):
     """A checkpoint file that cannot be read or does not match the teacher."""
 
 
+class MissingWeightsError(CompressError, FileNotFoundError):
+    """The weights file of a teacher is not where it was looked for."""
+
+
 class CheckpointKeyError(CheckpointError):
     """Strict loading failed; the message lists the keys at fault grouped by prefix."""
 
@@ -196,18 +200,32 @@ def group_keys(keys: list[str], examples: int = 3) -> str:
 
 @dataclass(frozen=True)
 class LoadReport:
-    """What a strict load did."""
+    """What a strict load did: the one report of every teacher load (ResNet layouts here, ViT /
+    timm layouts in ``vit_checkpoints``); ``summary()`` is logged and printed by the build.
+
+    Attributes:
+        path: the file actually read (a hub directory's ``model.safetensors``).
+        location: where the state dict was in it (``top level``, ``['teacher'] backbone.*``).
+        layout: the detected layout name.
+        loaded: tensors loaded into the model.
+        dropped: file keys of heads the teacher does not use.
+        ignored: file keys of parts that are not the teacher (momentum encoder, text tower).
+        filled: model keys absent from the file and filled (``num_batches_tracked`` = 0).
+        resampled: ``"pos_embed (1, 1370, 384) -> (1, 257, 384)"`` for position embeddings
+            resampled to the input size.
+    """
 
     path: str
     location: str
     layout: str
     loaded: int
-    dropped: tuple[str, ...]
-    ignored: tuple[str, ...]
-    filled: tuple[str, ...]
+    dropped: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
+    filled: tuple[str, ...] = ()
+    resampled: tuple[str, ...] = ()
 
     def summary(self) -> str:
-        """One line: ``loaded 318 tensors from X ['state_dict'] (layout moco); dropped ...``."""
+        """One line: ``loaded 318 tensors from X ['state_dict'] (layout moco); dropped head [...]``."""
         parts = [f"loaded {self.loaded} tensors from {self.path} {self.location} (layout {self.layout})"]
         if self.dropped:
             parts.append(f"dropped head {sorted({key_group(k) for k in self.dropped})} ({len(self.dropped)} keys)")
@@ -215,6 +233,8 @@ class LoadReport:
             parts.append(f"ignored non-teacher {sorted({key_group(k) for k in self.ignored})} ({len(self.ignored)} keys)")
         if self.filled:
             parts.append(f"filled {len(self.filled)} absent num_batches_tracked with 0")
+        if self.resampled:
+            parts.append("resampled " + ", ".join(self.resampled))
         return "; ".join(parts)
 
 

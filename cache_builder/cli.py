@@ -84,7 +84,8 @@ def _setup_logging() -> None:
 
 @main.command()
 @config_file_option
-@click.option("--teacher", required=True, help="Teacher name (see `compress-cache list-teachers`) or `custom`.")
+@click.option("--teacher", required=True,
+              help="Teacher name (see `compress-cache list-teachers`), timm:<model_name> (any timm model), or `custom`.")
 @click.option("--split", "split", multiple=True,
               help="Build only this split (repeatable, or comma-separated: --split train,val). Default: every split.")
 @config_options(BuildConfig)
@@ -108,20 +109,35 @@ def build(teacher: str, split: tuple[str, ...], **params: Any) -> None:
 
 @main.command("list-teachers")
 @click.option("--flops/--no-flops", default=True, show_default=True, help="Show GFLOPs at 224 px.")
-def list_teachers(flops: bool) -> None:
-    """Registered teachers: name, architecture, dim, parameters, GFLOPs at 224 px, accepted layouts.
+@click.option("--sources/--no-sources", default=True, show_default=True, help="Show where each teacher's weights come from.")
+def list_teachers(flops: bool, sources: bool) -> None:
+    """Registered teachers: name, architecture, embedding and dim, parameters, GFLOPs at 224 px,
+    accepted checkpoint layouts and the public source of the weights.
 
-    The counts are recorded in the teacher specs: nothing is built.
+    The counts are recorded in the teacher specs: nothing is built, nothing is downloaded.
     """
     from cache_builder.teachers import CUSTOM, TEACHERS
+    from cache_builder.vit_teachers import TIMM_PREFIX, VIT_TEACHERS
 
-    click.echo(f"{'name':<24} {'arch':<14} {'dim':>6} {'params':>8} {'GFLOPs':>7}  layouts")
+    def row(name: str, arch: str, embedding: str, dim: object, params: int | None, gf: float | None, layouts: str) -> None:
+        p = f"{params / 1e6:.1f}M" if params is not None else "?"
+        g = f"{gf:.1f}" if flops and gf is not None else "-"
+        click.echo(f"{name:<24} {arch:<36} {embedding:<6} {dim!s:>5} {p:>8} {g:>7}  {layouts}")
+
+    click.echo(f"{'name':<24} {'arch':<36} {'embed':<6} {'dim':>5} {'params':>8} {'GFLOPs':>7}  layouts")
     for name, spec in TEACHERS.items():
-        params = f"{spec.params / 1e6:.1f}M" if spec.params is not None else "?"
-        gf = f"{spec.gflops:.1f}" if flops and spec.gflops is not None else "-"
-        click.echo(f"{name:<24} {spec.arch:<14} {spec.embed_dim:>6} {params:>8} {gf:>7}  {spec.expected_layout()}")
-    click.echo(f"{CUSTOM:<24} {'--arch':<14} {'?':>6} {'?':>8} {'?':>7}  keys under --prefix (any torchvision model)")
-    click.echo("GFLOPs = 2 x multiply-adds of the headless network for one 224x224 image.")
+        row(name, spec.arch, spec.embedding, spec.embed_dim, spec.params, spec.gflops, spec.expected_layout())
+        if sources:
+            click.echo(f"{'':<24} source: {spec.source}")
+    for name, vit in VIT_TEACHERS.items():
+        row(name, f"timm {vit.arch}", vit.embedding, vit.embed_dim, vit.params, vit.gflops, vit.expected_layout())
+        if sources:
+            click.echo(f"{'':<24} source: {vit.source}")
+    row(TIMM_PREFIX + "<model_name>", "any timm model (timm.list_models())", "pool", "?", None, None,
+        "timm names; .pth/.safetensors or hub directory")
+    row(CUSTOM, "--arch (any torchvision model)", "pool", "?", None, None, "keys under --prefix")
+    click.echo("GFLOPs = 2 x multiply-adds of the headless network for one 224x224 image. ViT / timm teachers take "
+               "--embedding cls|mean|cls+mean|pool (see docs/cache.md, \"Teachers\").")
 
 
 if __name__ == "__main__":

@@ -5,14 +5,14 @@ the batches of an uninterrupted one)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cache_builder.image_decode import BadImageError, decode_image
 from cache_builder.image_list import ImageList
-from cache_builder.transforms import RRCViews, Uint8Transform
+from cache_builder.transforms import RRCViews
 
 __all__ = ["BadImageError", "ImageDataset", "ShardBatchSampler", "collate_raw", "decode_image", "scan_bad_images"]
 
@@ -26,7 +26,7 @@ class ImageDataset(Dataset):
       * ``raw=True`` (GPU decoding): image is the file's bytes, uint8 ``(L,)``.
     """
 
-    def __init__(self, images: ImageList, indices: Sequence[int], transform: Uint8Transform,
+    def __init__(self, images: ImageList, indices: Sequence[int], transform: Callable[[object], torch.Tensor],
                  views: RRCViews | None = None, raw: bool = False) -> None:
         self.images = images
         self.indices = list(indices)

@@ -53,27 +53,51 @@ class StoreRows:
     columns: dict[str, np.ndarray] | None = None
 
 
+_NORMS = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm)
+
+
+def cast_weights_(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast ``model``'s floating parameters to ``dtype`` in place, except those of normalisation
+    layers (BatchNorm / LayerNorm / GroupNorm keep float32, as autocast expects); buffers (RoPE
+    tables, BN statistics) are left as they are. Done on the CPU before moving a large teacher to
+    the GPU, so that a ViT-g never holds float32 weights there. Returns ``model``."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, _NORMS):
+                continue
+            for name, p in list(module.named_parameters(recurse=False)):
+                if p.is_floating_point() and p.dtype != dtype:
+                    setattr(module, name, torch.nn.Parameter(p.to(dtype), requires_grad=p.requires_grad))
+    return model
+
+
 class Embedder:
     """A frozen network: image batch -> ``(B, D)`` embeddings in the store dtype (numpy, host).
 
     uint8 batches ``(B, 3, S, S)`` are scaled to [0, 1] and normalised with ``mean``/``std`` on
     the device (``transforms.normalize_batch``); float batches are taken as preprocessed.
-    ``l2=True`` returns unit-norm rows.
+    ``l2=True`` returns unit-norm rows. The forward runs under ``torch.inference_mode`` and, on
+    CUDA with ``amp``, bf16 (fp16 where bf16 is unsupported) autocast; on the CPU it is float32.
+    ``low_precision_weights`` (ViT / timm teachers): on CUDA with ``amp``, the weights are cast to
+    the autocast dtype on the host before they are moved (``cast_weights_``).
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device, *, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, amp: bool = True, compile: bool = False, l2: bool = True) -> None:
+                 std: Sequence[float] | None = None, amp: bool = True, compile: bool = False, l2: bool = True,
+                 low_precision_weights: bool = False) -> None:
         self.device = torch.device(device)
         self.mean, self.std, self.l2 = mean, std, l2
         self.channels_last = self.device.type == "cuda"
+        self.amp_dtype = None
+        if amp and self.device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if low_precision_weights and self.amp_dtype is not None:
+            cast_weights_(model, self.amp_dtype)
         model = model.to(self.device).eval()
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
         self.model = torch.compile(model) if compile else model
-        self.amp_dtype = None
-        if amp and self.device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, dtype: str) -> np.ndarray:

@@ -1,4 +1,11 @@
-"""The teacher zoo: one registry of frozen specs, and ``load_teacher``.
+"""The teacher zoo: one registry of frozen specs, and ``load_teacher``, the one entry point.
+
+``TEACHERS`` holds the ResNet / MobileNet teachers (torchvision networks); the ViT and
+foundation-model teachers (DINO, DINOv2, DINOv3, CLIP, SigLIP, any ``timm:<model_name>``) are
+``vit_teachers.VIT_TEACHERS``. ``get_teacher_spec`` / ``resolve_spec`` / ``load_teacher_spec`` /
+``load_teacher`` serve both kinds: a ``TeacherSpec`` or a ``vit_teachers.ViTTeacherSpec``
+(``AnySpec``), which share the preprocessing interface (``uint8_transform``, ``eval_transform``,
+``preprocessing``, ``with_sizes``, ``with_embedding``, ``mean``/``std``, ``embed_dim``).
 
 A ``TeacherSpec`` says how to build the network, its embedding dimension, its preprocessing,
 which checkpoint layouts it accepts (``checkpoints.LAYOUTS``), which heads are dropped, and
@@ -24,9 +31,10 @@ import torch
 from torch import nn
 
 from cache_builder import architectures
-from cache_builder.checkpoints import LAYOUTS, Layout, LoadReport, custom_layout, load_strict, read_checkpoint
+from cache_builder.checkpoints import LAYOUTS, Layout, LoadReport, MissingWeightsError, custom_layout, load_strict, read_checkpoint
 from cache_builder.home import compress_home
 from cache_builder.transforms import IMAGENET_MEAN, IMAGENET_STD, SWAV_STD, EvalTransform, Uint8Transform
+from cache_builder.vit_teachers import TIMM_PREFIX, VIT_TEACHERS, ViTTeacherSpec, get_vit_teacher_spec, is_vit_teacher, load_vit_teacher
 from storage.errors import CompressError, UsageError, unknown_name
 
 log = logging.getLogger(__name__)
@@ -40,10 +48,6 @@ class UnknownTeacherError(CompressError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
-
-
-class MissingWeightsError(CompressError, FileNotFoundError):
-    """The weights file of a teacher is not where it was looked for."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,18 @@ class TeacherSpec:
     options: tuple[tuple[str, Any], ...] = ()
     params: int | None = None
     gflops: float | None = None
+
+    @property
+    def embedding(self) -> str:
+        """``pool``: the pooled input of the classifier (the one embedding of these teachers)."""
+        return "pool"
+
+    def with_embedding(self, embedding: str | None) -> TeacherSpec:
+        """``--embedding`` does not apply to these teachers: ``None`` only (the pooled features)."""
+        if embedding is None:
+            return self
+        raise UsageError(f"--embedding {embedding!r} does not apply to teacher {self.name!r} (its embedding is its "
+                         "pooled features); --embedding is for the ViT / timm teachers (cls, mean, cls+mean, pool)")
 
     # ---- preprocessing -----------------------------------------------------------------
     def with_sizes(self, input_size: int | None = None, resize_size: int | None = None) -> TeacherSpec:
@@ -218,17 +234,21 @@ TEACHERS: dict[str, TeacherSpec] = {
 }
 
 CUSTOM = "custom"
+AnySpec = TeacherSpec | ViTTeacherSpec
 
 
 def teacher_names() -> list[str]:
-    return [*TEACHERS, CUSTOM]
+    return [*TEACHERS, *VIT_TEACHERS, TIMM_PREFIX + "<model_name>", CUSTOM]
 
 
-def get_teacher_spec(name: str) -> TeacherSpec:
-    """The registered spec called ``name``; unknown names raise listing the known ones.
-    ``custom`` needs an architecture: use ``custom_spec``."""
+def get_teacher_spec(name: str, weights: str | None = None) -> AnySpec:
+    """The registered spec called ``name`` (a ``TEACHERS`` or ``VIT_TEACHERS`` key, or
+    ``timm:<model_name>``, whose preprocessing may come from the hub directory ``weights``);
+    unknown names raise listing the known ones. ``custom`` needs an architecture: use ``custom_spec``."""
     if name == CUSTOM:
         raise UnknownTeacherError("teacher 'custom' has no fixed spec: build it with custom_spec(arch=...) (CLI: --arch)")
+    if is_vit_teacher(name):
+        return get_vit_teacher_spec(name, weights)
     if name not in TEACHERS:
         raise UnknownTeacherError(unknown_name("teacher", name, teacher_names()))
     return TEACHERS[name]
@@ -250,7 +270,8 @@ def custom_spec(arch: str, prefix: str = "", embed_layer: str | None = None,
     )
 
 
-def resolve_spec(name: str, arch: str | None = None, prefix: str = "", embed_layer: str | None = None) -> TeacherSpec:
+def resolve_spec(name: str, arch: str | None = None, prefix: str = "", embed_layer: str | None = None,
+                 weights: str | None = None) -> AnySpec:
     """``get_teacher_spec`` or, for ``custom``, ``custom_spec`` (which requires ``arch``)."""
     if name == CUSTOM:
         if not arch:
@@ -258,7 +279,7 @@ def resolve_spec(name: str, arch: str | None = None, prefix: str = "", embed_lay
         return custom_spec(arch, prefix, embed_layer)
     if arch or prefix or embed_layer:
         raise UsageError(f"--arch/--prefix/--embed-layer apply to teacher 'custom' only, not {name!r}")
-    return get_teacher_spec(name)
+    return get_teacher_spec(name, weights)
 
 
 def default_weights_dir() -> str:
@@ -276,15 +297,27 @@ def build_meta(spec: TeacherSpec) -> nn.Module:
         return spec.builder().eval()
 
 
-def load_teacher_spec(spec: TeacherSpec, weights_path: str, device: str | torch.device = "cpu") -> tuple[nn.Module, TeacherSpec, LoadReport]:
-    """Build ``spec``'s network and load ``weights_path`` strictly (see ``checkpoints.load_strict``).
+def load_teacher_spec(spec: AnySpec, weights_path: str, device: str | torch.device = "cpu", *,
+                      embedding: str | None = None) -> tuple[nn.Module, AnySpec, LoadReport]:
+    """Build ``spec``'s network and load ``weights_path`` strictly (``checkpoints.load_strict``,
+    or ``vit_checkpoints.load_vit_strict`` for a ``ViTTeacherSpec``, whose ``weights_path`` may be
+    a hub directory).
 
+    Args:
+        embedding: ``--embedding`` (ViT / timm teachers; ``None`` = the spec's default).
     Returns:
-        ``(model, spec, report)``; ``model`` is in eval mode, frozen, on ``device``.
+        ``(model, spec, report)``; ``model`` is in eval mode, frozen, on ``device``; ``spec`` has
+        the chosen embedding.
     Raises:
         MissingWeightsError: the file does not exist (the message says where it comes from).
-        checkpoints.CheckpointError: unreadable file or key mismatch.
+        checkpoints.CheckpointError: unreadable file or key mismatch (the first mismatching tensor named).
+        UsageError: an ``embedding`` the teacher cannot give.
     """
+    if isinstance(spec, ViTTeacherSpec):
+        vit_model, vit_spec, report = load_vit_teacher(spec, weights_path, embedding)
+        log.info("%s: %s", vit_spec.name, report.summary())
+        return vit_model.to(device), vit_spec, report
+    spec = spec.with_embedding(embedding)
     if not os.path.isfile(weights_path):
         raise MissingWeightsError(spec.missing_weights_message(weights_path))
     checkpoint = read_checkpoint(weights_path)
@@ -295,16 +328,19 @@ def load_teacher_spec(spec: TeacherSpec, weights_path: str, device: str | torch.
     return model, spec, report
 
 
-def load_teacher(name: str, weights_path: str, device: str | torch.device = "cpu", **custom_kwargs: Any) -> tuple[nn.Module, TeacherSpec]:
-    """Frozen teacher ``name`` with weights from the local file ``weights_path``.
+def load_teacher(name: str, weights_path: str, device: str | torch.device = "cpu", *, embedding: str | None = None,
+                 input_size: int | None = None, **custom_kwargs: Any) -> tuple[nn.Module, AnySpec]:
+    """Frozen teacher ``name`` with weights from the local file (or, for ViT / timm teachers, hub
+    directory) ``weights_path``.
 
     Args:
+        embedding / input_size: as ``--embedding`` / ``--input-size`` of ``compress-cache build``.
         custom_kwargs: for ``name="custom"``: ``arch``, ``prefix``, ``embed_layer``.
     Returns:
         ``(model, spec)``: ``model`` is in eval mode and maps a preprocessed float batch
         ``(B, 3, H, W)`` (see ``spec.eval_transform()``) to ``(B, D)`` un-normalised embeddings.
     """
-    spec = resolve_spec(name, **custom_kwargs)
-    model, spec, report = load_teacher_spec(spec, weights_path, device)
+    spec = resolve_spec(name, weights=weights_path, **custom_kwargs).with_sizes(input_size)
+    model, spec, report = load_teacher_spec(spec, weights_path, device, embedding=embedding)
     print(f"[compress-cache] {spec.name}: {report.summary()}")
     return model, spec

@@ -93,6 +93,20 @@ def normalize_batch(x: torch.Tensor, mean: Sequence[float] | None, std: Sequence
     return out
 
 
+class SquashUint8Transform:
+    """``Resize((S, S))`` without keeping the aspect ratio (SigLIP's ``resize(224)``): PIL image or
+    uint8 ``(C, H, W)`` -> uint8 ``(3, S, S)``. Same attributes as ``Uint8Transform``."""
+
+    def __init__(self, input_size: int, interpolation: str = "bilinear") -> None:
+        self.input_size = input_size
+        self.resize_size = input_size
+        self.interpolation = InterpolationMode(interpolation)
+        self._op = v2.Resize((input_size, input_size), interpolation=self.interpolation, antialias=True)
+
+    def __call__(self, img: object) -> torch.Tensor:
+        return _as_uint8_tensor(self._op(to_rgb(img)))
+
+
 class EvalTransform:
     """PIL image or uint8 tensor ``(C, H, W)`` -> float32 ``(3, input_size, input_size)`` ready for the teacher."""
 

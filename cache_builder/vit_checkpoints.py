@@ -1,6 +1,6 @@
 """Loading ViT / foundation-model teacher checkpoints into timm models, strictly.
 
-Steps (see docs/teachers-vit.md for every layout's exact key names):
+Steps (docs/cache.md, "ViT and foundation-model teachers", lists the layouts):
 
 1. ``read_weights(path)``: a ``.safetensors`` file (``safetensors.torch.load_file``), a torch file
    (``torch.load(weights_only=True)``; ``argparse.Namespace``, which DINO's full training
@@ -33,15 +33,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cache_builder.checkpoints import group_keys
-from storage.errors import CompressError
+from cache_builder.checkpoints import CheckpointError, CheckpointKeyError, LoadReport, group_keys
 
 
-class ViTCheckpointError(CompressError, ValueError):
+class ViTCheckpointError(CheckpointError):
     """A ViT teacher checkpoint that cannot be read or does not fit the teacher."""
 
 
-class ViTKeyError(ViTCheckpointError):
+class ViTKeyError(ViTCheckpointError, CheckpointKeyError):
     """Strict loading failed; the message names the first tensor at fault and lists the rest by prefix."""
 
 
@@ -224,32 +223,6 @@ def detect_layout(keys: set[str], accepted: tuple[str, ...], path: str) -> ViTLa
 # strict loading
 
 
-@dataclass(frozen=True)
-class ViTLoadReport:
-    """What a strict load did (``summary()`` is logged and printed by the build)."""
-
-    path: str
-    location: str
-    layout: str
-    loaded: int
-    dropped: tuple[str, ...]
-    ignored: tuple[str, ...]
-    resampled: tuple[str, ...]
-
-    def summary(self) -> str:
-        """``loaded 150 tensors from X ['teacher'] backbone.* (layout dino); dropped head [...]``."""
-        parts = [f"loaded {self.loaded} tensors from {self.path} {self.location} (layout {self.layout})"]
-        if self.dropped:
-            groups = sorted({k.split(".")[0] for k in self.dropped})
-            parts.append(f"dropped heads {groups} ({len(self.dropped)} keys)")
-        if self.ignored:
-            groups = sorted({k.split(".")[0] for k in self.ignored})
-            parts.append(f"ignored non-teacher {groups} ({len(self.ignored)} keys)")
-        if self.resampled:
-            parts.append("resampled " + ", ".join(self.resampled))
-        return "; ".join(parts)
-
-
 def filter_fn_of(model: nn.Module) -> Callable[..., dict[str, torch.Tensor]] | None:
     """timm's ``checkpoint_filter_fn`` of the module defining ``type(model)`` (``None`` if it has none)."""
     return getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
@@ -278,7 +251,7 @@ def load_vit_strict(
     layout: ViTLayout,
     path: str,
     drop: tuple[str, ...] = (),
-) -> ViTLoadReport:
+) -> LoadReport:
     """Convert ``unwrapped.state_dict`` to ``model``'s names and load it strictly (``assign=True``).
 
     ``drop`` are prefixes of converted keys the teacher does not use (a classifier of a headless
@@ -330,4 +303,4 @@ def load_vit_strict(
         resampled.append(f"pos_embed {tuple(file_pos.shape)} -> {tuple(expected['pos_embed'].shape)}")
     cast = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in converted.items()}
     model.load_state_dict(cast, strict=True, assign=True)
-    return ViTLoadReport(path, unwrapped.location, layout.name, len(cast), tuple(dropped), tuple(ignored), tuple(resampled))
+    return LoadReport(path, unwrapped.location, layout.name, len(cast), tuple(dropped), tuple(ignored), resampled=tuple(resampled))

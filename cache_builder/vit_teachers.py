@@ -1,5 +1,5 @@
 """ViT and foundation-model teachers on timm: DINO, DINOv2 (+ registers), DINOv3, CLIP, SigLIP,
-and any timm model (``timm:<model_name>``). See docs/teachers-vit.md.
+and any timm model (``timm:<model_name>``). See docs/cache.md, "ViT and foundation-model teachers".
 
 A ``ViTTeacherSpec`` is frozen: timm architecture and its create arguments, embeddings, accepted
 checkpoint layouts (``vit_checkpoints.LAYOUTS``), the release's evaluation preprocessing and the
@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.transforms import InterpolationMode, v2
 
-from cache_builder.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, Uint8Transform, _as_uint8_tensor, to_rgb
-from cache_builder.vit_checkpoints import ViTLoadReport, detect_layout, hub_config, load_vit_strict, read_weights, unwrap
+from cache_builder.checkpoints import LoadReport, MissingWeightsError
+from cache_builder.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, SquashUint8Transform, Uint8Transform
+from cache_builder.vit_checkpoints import detect_layout, hub_config, load_vit_strict, read_weights, unwrap
 from storage.errors import UsageError, unknown_name
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -39,20 +39,6 @@ SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
 EMBEDDINGS = ("cls", "mean", "cls+mean", "pool")
 TIMM_PREFIX = "timm:"
-
-
-class SquashUint8Transform:
-    """``Resize((S, S))`` without keeping the aspect ratio (SigLIP's ``resize(224)``): PIL image or
-    uint8 ``(C, H, W)`` -> uint8 ``(3, S, S)``. Same attributes as ``Uint8Transform``."""
-
-    def __init__(self, input_size: int, interpolation: str = "bilinear") -> None:
-        self.input_size = input_size
-        self.resize_size = input_size
-        self.interpolation = InterpolationMode(interpolation)
-        self._op = v2.Resize((input_size, input_size), interpolation=self.interpolation, antialias=True)
-
-    def __call__(self, img: object) -> torch.Tensor:
-        return _as_uint8_tensor(self._op(to_rgb(img)))
 
 
 @dataclass(frozen=True)
@@ -76,6 +62,8 @@ class ViTTeacherSpec:
         mean / std: per-channel normalisation after scaling to [0, 1].
         crop_pct: ``input_size / resize_size`` kept when ``with_sizes`` changes the input size.
         source: the public release of the weights; convert: how to get a loadable file from it.
+        params / gflops: parameters and GFLOPs at 224 px of the default embedding's network,
+            recorded so that ``list-teachers`` builds nothing (a test checks them on the meta device).
     """
 
     name: str
@@ -98,6 +86,28 @@ class ViTTeacherSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     crop_pct: float = 224 / 256
     fixed_input_size: bool = True
+    params: int | None = None
+    gflops: float | None = None
+
+    @property
+    def options(self) -> tuple[tuple[str, Any], ...]:
+        """The ``timm.create_model`` arguments (part of the cache identity, like ``custom``'s options)."""
+        return self.create
+
+    def expected_layout(self) -> str:
+        return " | ".join(self.layouts)
+
+    def missing_weights_message(self, path: str) -> str:
+        from cache_builder.vit_checkpoints import LAYOUTS
+
+        layouts = "\n".join(f"    - {n}: {LAYOUTS[n].description}" for n in self.layouts)
+        return (
+            f"weights for teacher {self.name!r} not found at {path}\n"
+            f"  Pass --weights FILE_OR_DIR (a .pth/.safetensors file or a hub directory with config.json + model.safetensors).\n"
+            f"  Public release: {self.source}\n"
+            f"  Expected ({self.arch}, {self.embed_dim or '?'}-d {self.embedding} embedding) one of these layouts:\n{layouts}\n"
+            f"  How to get it: {self.convert}"
+        )
 
     @property
     def embed_dim(self) -> int:
@@ -116,14 +126,23 @@ class ViTTeacherSpec:
                              f"choose one of {', '.join(self.embeddings)}")
         return dataclasses.replace(self, embedding=embedding)
 
-    def with_sizes(self, input_size: int | None = None) -> ViTTeacherSpec:
-        """The same teacher at another input size (resize kept at ``input_size / crop_pct``)."""
-        if input_size is None or input_size == self.input_size:
+    def with_sizes(self, input_size: int | None = None, resize_size: int | None = None) -> ViTTeacherSpec:
+        """The same teacher at another input size (resize kept at ``input_size / crop_pct`` unless
+        ``resize_size`` is given; ``squash`` teachers resize straight to the input size). The
+        position embeddings are resampled to the new grid when the weights are loaded."""
+        if input_size is None and resize_size is None:
             return self
-        if input_size <= 0:
-            raise UsageError(f"--input-size must be positive, got {input_size}")
-        resize = input_size if self.resize_mode == "squash" else math.floor(input_size / self.crop_pct)
-        return dataclasses.replace(self, input_size=int(input_size), resize_size=max(resize, int(input_size)))
+        size = int(input_size or self.input_size)
+        if size <= 0:
+            raise UsageError(f"--input-size must be positive, got {size}")
+        if self.resize_mode == "squash":
+            if resize_size is not None and resize_size != size:
+                raise UsageError(f"--resize-size does not apply to {self.name!r}, which resizes the whole image to --input-size")
+            return dataclasses.replace(self, input_size=size, resize_size=size)
+        resize = int(resize_size) if resize_size is not None else max(math.floor(size / self.crop_pct), size)
+        if resize < size:
+            raise UsageError(f"{self.name}: need --input-size <= --resize-size, got {size} and {resize}")
+        return dataclasses.replace(self, input_size=size, resize_size=resize)
 
     # ---- preprocessing (same interface as teachers.TeacherSpec) ---------------------------
     def uint8_transform(self) -> Uint8Transform | SquashUint8Transform:
@@ -196,8 +215,22 @@ def _clip(name: str, arch: str, width: int, proj: int, release: str, hub: str) -
     )
 
 
+# (parameters, GFLOPs at 224 px) of each entry's default embedding network, counted on the meta
+# device (tests/cache_builder/test_vit_build.py checks them); SigLIP's attention-pool head defeats
+# torch's FLOP counter, so its GFLOPs are not recorded
+_COST: dict[str, tuple[int, float | None]] = {
+    "dino_vits16": (21_665_664, 9.2), "dino_vits8": (21_670_272, 44.81), "dino_vitb16": (85_798_656, 35.13),
+    "dino_vitb8": (85_807_872, 156.3), "dinov2_vits14": (21_628_800, 12.25), "dinov2_vitb14": (85_724_928, 46.32),
+    "dinov2_vitl14": (303_227_904, 162.02), "dinov2_vitg14": (1_134_769_664, 598.78),
+    "dinov2_vits14_reg": (21_629_952, 12.46), "dinov2_vitb14_reg": (85_727_232, 47.08),
+    "dinov2_vitl14_reg": (303_230_976, 164.64), "dinov2_vitg14_reg": (1_134_774_272, 608.35),
+    "dinov3_vits16": (21_596_160, 9.4), "dinov3_vitb16": (85_659_648, 35.86), "dinov3_vitl16": (303_128_576, 125.68),
+    "clip_vitb16": (86_193_152, 35.13), "clip_vitl14": (303_966_976, 162.03), "siglip_vitb16": (92_884_224, None),
+}
+
+
 VIT_TEACHERS: dict[str, ViTTeacherSpec] = {
-    spec.name: spec
+    spec.name: dataclasses.replace(spec, params=_COST[spec.name][0], gflops=_COST[spec.name][1])
     for spec in (
         _dino("dino_vits16", "vit_small_patch16_224", 384, "dino_deitsmall16"),
         _dino("dino_vits8", "vit_small_patch8_224", 384, "dino_deitsmall8"),
@@ -319,30 +352,29 @@ def create_vit_model(spec: ViTTeacherSpec, model_kwargs: dict[str, Any] | None =
     return timm.create_model(spec.arch, pretrained=False, **kwargs)
 
 
-def build_vit_teacher(
-    name: str,
+def load_vit_teacher(
+    spec: ViTTeacherSpec,
     weights: str,
     embedding: str | None = None,
-    input_size: int | None = None,
     dtype: torch.dtype | None = None,
     model_kwargs: dict[str, Any] | None = None,
-) -> tuple[ViTEmbedding, ViTTeacherSpec, ViTLoadReport]:
-    """Build a frozen ViT / timm teacher from a local checkpoint, loaded strictly.
+) -> tuple[ViTEmbedding, ViTTeacherSpec, LoadReport]:
+    """Build ``spec``'s timm model on the CPU and load ``weights`` into it strictly.
 
     Args:
-        name: a ``VIT_TEACHERS`` key or ``timm:<model_name>``.
+        spec: from ``get_vit_teacher_spec`` (at its input size: ``with_sizes``).
         weights: a ``.pth`` / ``.pt`` / ``.bin`` / ``.safetensors`` file or a hub-style directory.
-        embedding: ``cls | mean | cls+mean | pool``; ``None`` = the release's default.
-        input_size: crop size S (``None`` = 224 / the timm default); position embeddings are
-            resampled from the checkpoint's grid to ``S / patch``.
+        embedding: ``cls | mean | cls+mean | pool``; ``None`` = the spec's (the release's default).
         dtype: cast the loaded weights (``torch.bfloat16`` keeps a ViT-g at 2 bytes a parameter).
         model_kwargs: extra ``timm.create_model`` arguments (``depth`` for reduced test models).
 
     Returns:
-        ``(teacher, spec, report)``: the teacher in eval mode without gradients, mapping
-        ``(B, 3, S, S)`` to ``(B, spec.embed_dim)``; the spec at the chosen size and embedding.
+        ``(teacher, spec, report)``: the teacher on the CPU in eval mode without gradients, mapping
+        ``(B, 3, S, S)`` to ``(B, spec.embed_dim)``; the spec with the chosen embedding (and, for
+        ``timm:`` teachers, the widths read from the built model).
     """
-    spec = get_vit_teacher_spec(name, weights).with_sizes(input_size)
+    if not weights or not os.path.exists(weights):
+        raise MissingWeightsError(spec.missing_weights_message(weights))
     model = create_vit_model(spec, model_kwargs)
     obj, file = read_weights(weights)
     unwrapped = unwrap(obj, file)
@@ -358,3 +390,18 @@ def build_vit_teacher(
         spec = dataclasses.replace(spec, width=width, pool_dim=_pool_dim(model), embeddings=("pool",) + tokens)
     spec = spec.with_embedding(embedding)
     return ViTEmbedding(model, spec.embedding).eval(), spec, report
+
+
+def build_vit_teacher(
+    name: str,
+    weights: str,
+    embedding: str | None = None,
+    input_size: int | None = None,
+    dtype: torch.dtype | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> tuple[ViTEmbedding, ViTTeacherSpec, LoadReport]:
+    """``load_vit_teacher`` of the spec called ``name`` (a ``VIT_TEACHERS`` key or
+    ``timm:<model_name>``) at ``input_size`` (``None`` = 224 / the timm default; position
+    embeddings are resampled from the checkpoint's grid to ``S / patch``)."""
+    spec = get_vit_teacher_spec(name, weights).with_sizes(input_size)
+    return load_vit_teacher(spec, weights, embedding, dtype, model_kwargs)

@@ -2,7 +2,8 @@
 
 Accepted forms:
 
-* ``teacher:NAME:WEIGHTS`` — a registry teacher (``cache_builder.teachers.load_teacher``);
+* ``teacher:NAME:WEIGHTS`` — a registry teacher, ViT teachers and ``teacher:timm:<model_name>:WEIGHTS`` included
+  (WEIGHTS a file, or for ViT / timm teachers a hub directory; ``cache_builder.teachers.load_teacher``);
 * ``torchvision:ARCH[:WEIGHTS]`` — any torchvision classification model, classifier replaced
   by ``Identity``; WEIGHTS is a state-dict file (strict loading), random weights (seed 0)
   without it. Preprocessing: ImageNet mean/std, Resize(size * 256/224) + CenterCrop(size);
@@ -90,10 +91,12 @@ def load_torchvision(arch: str, weights: str | None = None, image_size: int | No
 def load_registry_teacher(name: str, weights: str) -> ResolvedModel:
     """A teacher from ``cache_builder``'s registry with its checkpoint."""
     from cache_builder.teachers import load_teacher
+    from cache_builder.vit_checkpoints import hub_weights_file
 
     module, spec = load_teacher(name, weights)
+    weights_file = hub_weights_file(weights) if os.path.isdir(weights) else weights
     identity = {"kind": "teacher", "name": name, "weights": os.path.abspath(weights),
-                "weights_sha256": file_sha256(weights), "preprocessing": repr(spec.eval_transform())}
+                "weights_sha256": file_sha256(weights_file), "preprocessing": repr(spec.eval_transform())}
     return ResolvedModel(module.eval(), spec.eval_transform(), identity)
 
 
@@ -123,10 +126,13 @@ def resolve_model(spec: str, *, image_size: int | None = None) -> ResolvedModel:
         UsageError: a malformed spec or a path that does not exist (naming ``--model``).
     """
     if spec.startswith("teacher:"):
-        parts = spec.split(":", 2)
+        timm_name = spec.startswith("teacher:timm:")  # teacher:timm:<model_name>:WEIGHTS
+        parts = spec.split(":", 3 if timm_name else 2)
+        if timm_name and len(parts) == 4:
+            parts = [parts[0], f"{parts[1]}:{parts[2]}", parts[3]]
         if len(parts) != 3 or not parts[1] or not parts[2]:
             raise UsageError(f"--model {spec!r}: expected teacher:NAME:WEIGHTS")
-        if not os.path.isfile(parts[2]):
+        if not os.path.exists(parts[2]):  # ViT / timm teachers also take a hub directory
             raise UsageError(f"--model {spec!r}: weights file {parts[2]} does not exist")
         return load_registry_teacher(parts[1], parts[2])
     if spec.startswith("torchvision:"):

@@ -1,5 +1,5 @@
 """Synthetic checkpoints in the public layouts of ViT teachers (exact key names, real widths,
-reduced depth), in the style of tests/cache_builder/synthetic.py (docs/teachers-vit.md lists the layouts). Random weights only.
+reduced depth), in the style of tests/cache_builder/synthetic.py (docs/cache.md lists the layouts). Random weights only.
 
 Key grammars (``D`` = width, ``p`` = patch, ``g`` = grid side of the release's pos_embed,
 ``H`` = MLP hidden = 4D, ``i`` = block index):
