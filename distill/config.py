@@ -76,6 +76,11 @@ class DistillConfig:
     prefetch_factor: int = setting(2, "Batches each worker loads ahead.")
     decode: str = setting("cpu", "Decode JPEGs in the workers (cpu) or on the training GPU (gpu; falls back to cpu "
                                  "without CUDA).", choices=DECODERS)
+    # input pipeline (h-data): reduced-scale JPEG decoding, distill.data
+    decode_scale: str = setting("off", "auto: decode a JPEG through libjpeg's DCT scaling (1/2, 1/4, 1/8) when its crop is "
+                                       "downscaled >= 2x to the input size (same crop boxes, slightly different pixels: "
+                                       "~43-45 dB PSNR); off: decode every image fully. CPU decoding only.",
+                                choices=("auto", "off"))
     device: str = setting("auto", "auto (this process's GPU when CUDA is available, else cpu), cpu, cuda or cuda:N.")
     log_every: int = setting(20, "Read the loss (a host sync) every N steps.")
     ckpt_every: int = setting(500, "Checkpoint every N steps (and every epoch).")
@@ -100,6 +105,7 @@ class DistillConfig:
         _choice("--schedule", self.schedule, SCHEDULES)
         _choice("--decode", self.decode, DECODERS)
         _choice("--bank-dtype", self.bank_dtype, BANK_DTYPES)
+        _choice("--decode-scale", self.decode_scale, ("auto", "off"))
         for name in ("epochs", "batch_size", "bank_size", "dim", "prefetch_factor", "log_every", "ckpt_every", "probe_size"):
             _positive(name, getattr(self, name))
         for name in ("lr", "t_teacher", "t_student"):
