@@ -45,8 +45,14 @@ class BuildConfig:
     teacher: str = setting("", "Teacher name (see `compress-cache list-teachers`) or `custom`.", cli=False)
     weights: str | None = setting(None, "Local weights file. Default: $COMPRESS_HOME/weights/<teacher>.pth "
                                         "($COMPRESS_HOME defaults to ~/.cache/compress).")
-    data: str | None = setting(None, "Split root (train/, val/), class-folder root, or file list. Default: $COMPRESS_DATA or ./data.")
+    data: str | None = setting(None, "Split root (train/, val/), class-folder root, file list, or tar shards / Parquet files "
+                                     "(a directory, a brace pattern such as train-{000..127}.tar, or an fsspec URL). "
+                                     "Default: $COMPRESS_DATA or ./data.")
     root: str | None = setting(None, "Base directory of a file list's relative paths (default: the list's directory).")
+    # sharded input (h-data, cache_builder.parquet_source)
+    image_column: str | None = setting(None, "Parquet --data: the column of image bytes [default: image/img/jpg, or the only "
+                                             "binary column].")
+    label_column: str | None = setting(None, "Parquet --data: the column of class indices [default: label, if present].")
     out: str = setting("./cache", "Cache directory; one store per split (OUT/train, OUT/val).")
     arch: str | None = setting(None, "custom teacher: a torchvision model name.")
     prefix: str = setting("", "custom teacher: key prefix to strip (e.g. module.backbone.).")

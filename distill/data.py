@@ -32,11 +32,11 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
-from cache_builder.image_decode import dct_scale, decode_image
+from cache_builder.image_decode import dct_scale
 from cache_builder.image_list import ImageList
 from cache_builder.transforms import CROP_COLUMNS, sample_rrc
 from cache_builder.transforms import normalize_batch as normalise  # noqa: F401  (the engine's name for it)
-from distill.decode import EncodedView, image_size, read_bytes
+from distill.decode import EncodedView, image_size
 
 DECODE_SCALES = ("auto", "off")  # --decode-scale: DCT-scaled JPEG decoding of downscaled crops, or full decodes
 
@@ -109,14 +109,15 @@ class AugmentedImages(Dataset):
             top, left, h, w = sample_rrc(image_hw[0], image_hw[1], g, self.scale)
             return 0, (top, left, h, w, torch.rand((), generator=g).item() < 0.5)
         view = int(torch.randint(self.views, (), generator=g))
-        return view, crop_box(self.crops, row, view, image_hw, self.images.absolute(row))
+        return view, crop_box(self.crops, row, view, image_hw, self.images.name(row))
 
     def __getitem__(self, key: Any) -> tuple[Any, int, int]:
         epoch, row = key
-        path = self.images.absolute(row)
+        path = self.images.name(row)
         if self.encoded:  # --decode gpu: the same view box, from the header's size; decoded on the GPU
-            view, box = self.view_box(epoch, row, image_size(path))
-            return EncodedView(read_bytes(path), box, path), row, view
+            data = self.images.read_bytes(row)
+            view, box = self.view_box(epoch, row, image_size(data, path))
+            return EncodedView(torch.frombuffer(bytearray(data), dtype=torch.uint8), box, path), row, view
         chosen: dict[str, Any] = {}
 
         def draft(width: int, height: int) -> tuple[int, int] | None:
@@ -127,7 +128,7 @@ class AugmentedImages(Dataset):
             chosen["s"] = s
             return (width // s, height // s) if s > 1 else None
 
-        im = decode_image(path, draft=draft)
+        im = self.images.decode(row, draft=draft)
         view, (top, left, h, w, flip) = chosen["view"], chosen["box"]
         if im.size == chosen["full"]:
             im = TF.resized_crop(im, top, left, h, w, [self.size, self.size], antialias=True)
@@ -156,8 +157,8 @@ class ReferenceImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, row: int) -> tuple[torch.Tensor, int]:
-        path = self.images.absolute(row)
-        im = decode_image(path)
+        path = self.images.name(row)
+        im = self.images.decode(row)
         if self.crops is None:
             im = TF.center_crop(TF.resize(im, self.resize, antialias=True), [self.size, self.size])
         else:

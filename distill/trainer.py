@@ -56,6 +56,7 @@ def build_trainer(cfg: DistillConfig, targets: TeacherTargets | None = None) -> 
     D.init_from_env(device)
     if targets is None:
         targets = load_targets(cfg.cache, cfg.data or "", device, shared=cfg.shared_cache, trust_data=cfg.trust_data,
+                               image_column=cfg.image_column, label_column=cfg.label_column,
                                verify_load=cfg.verify_load)
     return Trainer(cfg, targets, device)
 
