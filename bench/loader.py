@@ -13,10 +13,14 @@ thread (so img/s is per core), interleaved round by round, and reports medians:
 * ``student, reduced``     : the same with ``--decode-scale auto`` (DCT-scaled decoding of crops
                              downscaled >= 2x), with the share of views reduced and the PSNR of
                              their pixels against the full decode's;
+* ``student, tar shards``  : today's path reading the same JPEGs from WebDataset tar shards
+                             (``cache_builder.tar_source``: one seek + read per sample);
 * ``cache builder``        : ``cache_builder.dataset.ImageDataset`` with Resize(256)+CenterCrop(224).
 
 Each variant runs at student input 224 and 160 (``--sizes``). ``--listing N`` also times listing
-an N-line file list (``read_file_list``) and its fingerprint (default 1,000,000; 0 skips). The table gives the cores that 5,800 img/s
+an N-line file list (``read_file_list``) and its fingerprint (default 1,000,000; 0 skips);
+``--tar-members N`` the first scan of an N-member tar shard, the reload of its saved index
+and the listing of the split (default 1,000,000 empty members, ~0.5 GB in a temp dir; 0 skips). The table gives the cores that 5,800 img/s
 (ResNet-18 training on one modern GPU) would need at each rate. The machine's load average is
 printed before and after (the cores may be shared).
 """
@@ -111,12 +115,58 @@ def time_listing(n: int) -> tuple[float, float]:
         return parsed, time.perf_counter() - t
 
 
+def to_tar_shards(images, out: str, per_shard: int = 100) -> None:  # type: ignore[no-untyped-def]
+    """The listing's files as WebDataset shards ``out/shard-NNNNNN.tar`` (``<key>.jpg`` + ``<key>.cls``)."""
+    import io
+    import tarfile
+
+    os.makedirs(out, exist_ok=True)
+    for start in range(0, len(images), per_shard):
+        with tarfile.open(os.path.join(out, f"shard-{start // per_shard:06d}.tar"), "w") as tar:
+            for i in range(start, min(start + per_shard, len(images))):
+                for name, payload in ((f"k{i:07d}.jpg", images.read_bytes(i)), (f"k{i:07d}.cls", str(images.labels[i]).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+
+
+def time_tar_index(n: int) -> tuple[float, float, float]:
+    """Seconds for the first scan of an ``n``-member shard, the reload of its saved index, and
+    listing the split (``discover_splits``, index reused)."""
+    import io
+    import tarfile
+
+    from cache_builder.image_list import discover_splits
+    from cache_builder.image_source import local_shards
+    from cache_builder.tar_source import load_index
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["COMPRESS_HOME"] = os.path.join(tmp, "home")
+        path = os.path.join(tmp, "big", "shard-000000.tar")
+        os.makedirs(os.path.dirname(path))
+        with tarfile.open(path, "w") as tar:
+            for i in range(n):
+                tar.addfile(tarfile.TarInfo(f"k{i:07d}.jpg"), io.BytesIO(b""))
+        (shard,) = local_shards([path])
+        t = time.perf_counter()
+        load_index(shard)
+        scanned = time.perf_counter() - t
+        t = time.perf_counter()
+        load_index(shard)
+        reloaded = time.perf_counter() - t
+        t = time.perf_counter()
+        listed = discover_splits(os.path.dirname(path))["train"]
+        assert len(listed) == n
+        return scanned, reloaded, time.perf_counter() - t
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=300)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--sizes", default="224,160")
     p.add_argument("--listing", type=int, default=1_000_000)
+    p.add_argument("--tar-members", type=int, default=1_000_000)
     args = p.parse_args()
     torch.set_num_threads(1)
 
@@ -138,6 +188,16 @@ def main() -> None:
         return lambda: sum(1 for row in range(n) if ds[(epoch, row)][0] is not None)
 
     builder = ImageDataset(images, range(n), Uint8Transform(224, 256))
+    to_tar_shards(images, os.path.join(tmp, "shards"))
+    from cache_builder.image_list import discover_splits
+
+    shard_images = discover_splits(os.path.join(tmp, "shards"))["train"]
+    assert len(shard_images) == n
+
+    def student_tar(size: int, epoch: int) -> Callable[[], int]:
+        ds = AugmentedImages(shard_images, size, seed=0)
+        return lambda: sum(1 for row in range(n) if ds[(epoch, row)][0] is not None)
+
     variants: dict[str, Callable[[int], Callable[[], int]]] = {
         "decode only (full decode)": lambda e: lambda: sum(1 for i in range(n) if decode_image(images.absolute(i))),
         "cache builder loader (Resize 256 + CenterCrop 224)": lambda e: lambda: sum(1 for i in range(n) if builder[i][1] is not None),
@@ -145,6 +205,7 @@ def main() -> None:
     for size in sizes:
         variants[f"student {size}, files (today)"] = lambda e, s=size: student(s, "off", e)  # type: ignore[misc]
         variants[f"student {size}, files + --decode-scale auto"] = lambda e, s=size: student(s, "auto", e)  # type: ignore[misc]
+        variants[f"student {size}, tar shards (read by offset)"] = lambda e, s=size: student_tar(s, e)  # type: ignore[misc]
     rates: dict[str, list[float]] = {k: [] for k in variants}
     t0 = time.time()
     for r in range(args.rounds):
@@ -176,6 +237,10 @@ def main() -> None:
     if args.listing:
         parsed, fingerprinted = time_listing(args.listing)
         print(f"\nfile list of {args.listing:,} entries: parsed in {parsed:.2f} s, fingerprinted in {fingerprinted:.2f} s")
+    if args.tar_members:
+        scanned, reloaded, listed = time_tar_index(args.tar_members)
+        print(f"tar shard of {args.tar_members:,} members: first scan {scanned:.2f} s, saved index reloaded in {reloaded:.2f} s, "
+              f"split listed (index reused) in {listed:.2f} s")
 
 
 if __name__ == "__main__":
