@@ -47,6 +47,9 @@ class SourceConfig:
     model: str | None = setting(None, MODEL_HELP)
     data: str | None = setting(None, "ImageFolder-style root (train/, val/), or tar shards / Parquet files in train/ and "
                                      "val/ sub-locations (a directory or an fsspec URL), to extract --model's features from.")
+    image_column: str | None = setting(None, "Parquet --data: the column of image bytes [default: image/img/jpg, or the only "
+                                             "binary column].")
+    label_column: str | None = setting(None, "Parquet --data: the column of class indices [default: label, if present].")
     feature_cache: str | None = setting(None, "Where --model/--data features are cached (default: RUN/eval/features or ./eval-cache).")
     image_size: int | None = setting(None, "Center-crop size for torchvision models.")
     extract_batch_size: int = setting(64, "Feature extraction batch size.", flag="--batch-size")
@@ -210,6 +213,9 @@ class FeaturesConfig:
     shard_size: int | None = setting(None, "Rows per shard (default: the store's).")
     overwrite: bool = setting(False, "Replace features extracted with another model or dataset.", flag="--overwrite")
     progress: bool = setting(True, "Show a progress bar per split.")
+    image_column: str | None = setting(None, "Parquet --data: the column of image bytes [default: image/img/jpg, or the only "
+                                             "binary column].")
+    label_column: str | None = setting(None, "Parquet --data: the column of class indices [default: label, if present].")
 
     def __post_init__(self) -> None:
         self.validate()

@@ -114,8 +114,8 @@ def extract_features(cfg: FeaturesConfig, resolved=None) -> dict:
 
     start = time.perf_counter()
     resolved = resolved or resolve_model(cfg.model, image_size=cfg.image_size)
-    classes = list_classes(cfg.data)
-    listings = {s: list_split(cfg.data, s, classes) for s in SPLITS}
+    classes = list_classes(cfg.data, cfg.image_column, cfg.label_column)
+    listings = {s: list_split(cfg.data, s, classes, cfg.image_column, cfg.label_column) for s in SPLITS}
     fingerprint = extraction_fingerprint(resolved.identity, listings)
     paths = {s: os.path.join(cfg.out, s) for s in SPLITS}
     reused = all(complete_store_matches(p, fingerprint) for p in paths.values())
@@ -145,6 +145,7 @@ def cached_features(model: str, data: str, cache_root: str, **options) -> dict:
     from evaluate.models import resolve_model
 
     resolved = resolve_model(model, image_size=options.get("image_size"))
-    listings = {s: list_split(data, s, list_classes(data)) for s in SPLITS}
+    columns = (options.get("image_column"), options.get("label_column"))
+    listings = {s: list_split(data, s, list_classes(data, *columns), *columns) for s in SPLITS}
     out = os.path.join(cache_root, extraction_fingerprint(resolved.identity, listings)[:16])
     return extract_features(FeaturesConfig(model=model, data=data, out=out, **options), resolved)

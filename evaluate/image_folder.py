@@ -65,17 +65,18 @@ class ImageListing:
 
 
 @functools.lru_cache(maxsize=4)
-def _sharded(root: str) -> dict[str, ImageList] | None:
-    """The splits of sharded input at ``root`` (listed, and indexed, once per process), else None."""
+def _sharded(root: str, image_column: str | None = None, label_column: str | None = None) -> dict[str, ImageList] | None:
+    """The splits of sharded input at ``root`` (listed, and indexed, once per process), else None;
+    ``image_column``/``label_column`` for Parquet (``cache_builder.parquet_source``)."""
     from cache_builder.image_source import open_sharded
 
-    return open_sharded(root)
+    return open_sharded(root, image_column, label_column)
 
 
-def list_classes(root: str) -> tuple[str, ...]:
+def list_classes(root: str, image_column: str | None = None, label_column: str | None = None) -> tuple[str, ...]:
     """Sorted class folders of ``root/train`` (sharded input: ``"0".."K-1"`` of its train labels).
     Raises ImageListError if there are none."""
-    sharded = _sharded(root)
+    sharded = _sharded(root, image_column, label_column)
     if sharded is not None:
         if "train" not in sharded:
             raise ImageListError(f"{root}: expected train/ and val/ sub-locations of shards; no train/")
@@ -89,14 +90,15 @@ def list_classes(root: str) -> tuple[str, ...]:
     return classes
 
 
-def list_split(root: str, split: str, classes: tuple[str, ...] | None = None) -> ImageListing:
+def list_split(root: str, split: str, classes: tuple[str, ...] | None = None, image_column: str | None = None,
+               label_column: str | None = None) -> ImageListing:
     """List ``root/split``; labels follow ``classes`` (default: those of ``train``).
 
     Raises:
         ImageListError: missing split folder, a class folder unknown to train, or no images.
     """
-    classes = classes or list_classes(root)
-    sharded = _sharded(root)
+    classes = classes or list_classes(root, image_column, label_column)
+    sharded = _sharded(root, image_column, label_column)
     if sharded is not None:
         if split not in sharded:
             raise ImageListError(f"{root}: no {split}/ sub-location of shards")

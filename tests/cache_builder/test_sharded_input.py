@@ -169,6 +169,21 @@ def test_bad_members_and_shards_name_shard_and_key(data, tmp_path) -> None:
         discover_splits(tar)
 
 
+def test_compress_eval_features_cli_reads_a_file_url_of_shards(data, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from evaluate.cli import main
+
+    out = str(tmp_path / "f")
+    result = CliRunner().invoke(main, ["features", "--model", "torchvision:resnet18", "--data", f"file://{data['tar']}",
+                                       "--out", out, "--image-size", "16", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert load_feature_set(out).val.paths[0] == "val/shard-000000.tar/s00000"
+    bad = CliRunner().invoke(main, ["features", "--model", "torchvision:resnet18", "--data", data["parquet"],
+                                    "--out", str(tmp_path / "g"), "--image-column", "nope"])
+    assert bad.exit_code == 2 and "--image-column 'nope'" in bad.output
+
+
 def test_parquet_columns_raw_bytes_and_bad_column_names(data, tmp_path) -> None:
     raw = folder_to_parquet(data["folder"], str(tmp_path / "raw"), struct=False)
     listing = discover_splits(raw)["train"]
