@@ -103,7 +103,7 @@ class GpuDecoder:
         from cache_builder.image_decode import decode_batch
 
         def error(i: int, e: Exception) -> Exception:
-            return BadImageError(f"{self.images.absolute(int(indices[i]))}: cannot decode image ({e})")
+            return BadImageError(f"{self.images.name(int(indices[i]))}: cannot decode image ({e})")
 
         return torch.stack([self.transform(img) for img in decode_batch(raw, self.device, error)])
 
@@ -153,11 +153,12 @@ def _build_split(split: str, images: ImageList, cfg: BuildConfig, spec: AnySpec,
     rank, world = dist.rank(), dist.world_size()
     path = os.path.join(cfg.out, split)
     kept, skipped = _readable(split, images, cfg)
-    kept_list = ImageList(images.root, tuple(images.paths[i] for i in kept), tuple(images.labels[i] for i in kept), images.classes)
+    kept_list = images.subset(kept)
     fingerprint = _fingerprint({**identity, "split": split, "data": kept_list.fingerprint()})
     split_prov = {**provenance, "split": split, "data_fingerprint": kept_list.fingerprint(),
                   "data_listing_fingerprint": images.fingerprint(), "data_root": images.root,
-                  "images_listed": len(images), "skipped_images": skipped}
+                  "images_listed": len(images), "skipped_images": skipped,
+                  **({"data_source": images.source.describe()} if images.source is not None else {})}
     identity_specs, identity_values = _identity_columns(kept_list)
     d = spec.embed_dim
     kwargs = _store_kwargs(cfg, fingerprint, identity_specs)
@@ -203,7 +204,9 @@ def _identity_columns(images: ImageList) -> tuple[dict[str, tuple[tuple[int, ...
 def _check_inputs(cfg: BuildConfig) -> None:
     """Before anything slow: the files the options name exist."""
     assert cfg.weights is not None and cfg.data is not None
-    if not os.path.exists(cfg.data):
+    from cache_builder.image_source import location_exists
+
+    if not location_exists(cfg.data):
         raise UsageError(f"--data {cfg.data}: no such file or directory")
     if cfg.root is not None and not os.path.isdir(cfg.root):
         raise UsageError(f"--root {cfg.root}: no such directory")
@@ -274,7 +277,7 @@ def build_cache(cfg: BuildConfig) -> BuildResult:
         if cfg.decode == "gpu" and device.type != "cuda":
             log.warning("--decode gpu needs a CUDA device (this run uses %s): decoding on the CPU in %d DataLoader workers instead",
                         device, cfg.workers)
-        splits = discover_splits(cfg.data, cfg.root)
+        splits = discover_splits(cfg.data, cfg.root, cfg.image_column, cfg.label_column)
         if cfg.splits:
             unknown = [s for s in cfg.splits if s not in splits]
             if unknown:

@@ -50,8 +50,14 @@ class BuildConfig:
     embedding: str | None = setting(None, "ViT / timm teachers: cls (CLS token after the final norm), mean (of the patch "
                                           "tokens), cls+mean (both, 2D), pool (the model's own pooled / projected output). "
                                           "Default: the teacher's (DINO family cls, CLIP/SigLIP/timm pool).", choices=EMBEDDINGS)
-    data: str | None = setting(None, "Split root (train/, val/), class-folder root, or file list. Default: $COMPRESS_DATA or ./data.")
+    data: str | None = setting(None, "Split root (train/, val/), class-folder root, file list, or tar shards / Parquet files "
+                                     "(a directory, a brace pattern such as train-{000..127}.tar, or an fsspec URL). "
+                                     "Default: $COMPRESS_DATA or ./data.")
     root: str | None = setting(None, "Base directory of a file list's relative paths (default: the list's directory).")
+    # sharded input (cache_builder.parquet_source)
+    image_column: str | None = setting(None, "Parquet --data: the column of image bytes [default: image/img/jpg, or the only "
+                                             "binary column].")
+    label_column: str | None = setting(None, "Parquet --data: the column of class indices [default: label, if present].")
     out: str = setting("./cache", "Cache directory; one store per split (OUT/train, OUT/val).")
     arch: str | None = setting(None, "custom teacher: a torchvision model name.")
     prefix: str = setting("", "custom teacher: key prefix to strip (e.g. module.backbone.).")

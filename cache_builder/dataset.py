@@ -1,4 +1,5 @@
-"""Reading images of an ``ImageList`` for the teacher: decoding (``cache_builder.image_decode``), the uint8
+"""Reading images of an ``ImageList`` (files or shards: ``ImageList.decode``/``read_bytes``) for the teacher:
+decoding (``cache_builder.image_decode``), the uint8
 preprocessing, seeded augmented views, a pre-scan for unreadable images (``--skip-bad``), and a
 batch sampler whose batches never cross a store shard (so a resumed build recomputes exactly
 the batches of an uninterrupted one)."""
@@ -39,15 +40,9 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, pos: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         index = self.indices[pos]
-        path = self.images.absolute(index)
         if self.raw:
-            from torchvision.io import read_file
-
-            try:
-                return index, read_file(path), torch.empty(0)
-            except Exception as e:
-                raise BadImageError(f"{path}: cannot read file ({e})") from None
-        img = decode_image(path)
+            return index, torch.frombuffer(bytearray(self.images.read_bytes(index)), dtype=torch.uint8), torch.empty(0)
+        img = self.images.decode(index)
         if self.views is not None:
             views, crops = self.views(img, index)
             return index, views, crops
@@ -68,7 +63,7 @@ class _ScanDataset(Dataset):
 
     def __getitem__(self, i: int) -> str:
         try:
-            decode_image(self.images.absolute(i))
+            self.images.decode(i)
             return ""
         except BadImageError as e:
             return str(e)

@@ -23,6 +23,15 @@ CMYK                      ``round((255 - C) * (255 - K) / 255)`` (likewise G fro
 YCbCr, HSV, RGBX, ...     PIL's conversion
 ========================  =======================================================================
 
+Reduced-scale decoding (``draft``): ``decode_image(path, draft=fn)`` calls ``fn(width, height)``
+with the size from the file header before anything is decoded; when it returns a target
+``(w, h)`` and the file is a JPEG, libjpeg decodes it through DCT scaling
+(``PIL.Image.draft("RGB", (w, h))``) at the smallest scale ``1/s`` (s in 1, 2, 4, 8) whose image is
+still at least ``(w, h)``; ``(W // s, H // s)`` gives exactly scale ``1/s`` (``dct_scale`` chooses
+s for a crop box). The drafted image is ``(ceil(W / s), ceil(H / s))``; its pixel ``x`` covers
+pixels ``[x s, (x + 1) s)`` of the full image. Other formats are decoded at full size (check
+``image.size`` to see which happened).
+
 ``decode_batch`` decodes the files of a batch as uint8 ``(3, H, W)`` tensors on a device:
 JPEGs with torchvision's batched ``decode_jpeg`` (on the GPU for ``--decode gpu``), every other
 file (and a JPEG torchvision cannot read, e.g. CMYK) with ``decode_bytes`` on the CPU, so the
@@ -83,29 +92,61 @@ def rgb_image(img: Any) -> Any:
     return img.convert("RGB")
 
 
-def _open_rgb(source: Any) -> Any:
+DraftFn = Callable[[int, int], "tuple[int, int] | None"]
+DCT_SCALES = (8, 4, 2)  # the reductions libjpeg's DCT scaling offers through PIL's draft (besides 1)
+
+
+def dct_scale(box_hw: tuple[int, int], out_hw: tuple[int, int]) -> int:
+    """The largest ``s`` in 8, 4, 2 such that a crop box ``(h, w)`` at scale ``1/s`` is still at
+    least ``out_hw`` in both sides (so its resize to ``out_hw`` stays a downscale), else 1."""
+    for s in DCT_SCALES:
+        if box_hw[0] >= s * out_hw[0] and box_hw[1] >= s * out_hw[1]:
+            return s
+    return 1
+
+
+class _DraftFailed(Exception):
+    """Carries an exception raised by a caller's ``draft`` function past the decode-error wrapping."""
+
+
+def _open_rgb(source: Any, draft: DraftFn | None = None) -> Any:
     from PIL import Image
 
     with Image.open(source) as img:
+        if draft is not None:
+            try:
+                target = draft(img.width, img.height)
+            except Exception as e:
+                raise _DraftFailed() from e
+            if target is not None and img.format == "JPEG":
+                img.draft("RGB", (max(1, int(target[0])), max(1, int(target[1]))))
         img.load()
         return rgb_image(img)
 
 
-def _decode(source: Any, name: str) -> Any:
+def _decode(source: Any, name: str, draft: DraftFn | None = None) -> Any:
     try:
-        return _open_rgb(source)
+        return _open_rgb(source, draft)
+    except _DraftFailed as e:  # the caller's own error (e.g. a view box outside the image): unchanged
+        assert e.__cause__ is not None
+        raise e.__cause__ from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
         raise BadImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
 
 
-def decode_image(path: str) -> Any:
-    """Decode the file at ``path`` fully into an RGB PIL image; ``BadImageError`` names the file."""
-    return _decode(path, path)
+def decode_image(path: str, draft: DraftFn | None = None) -> Any:
+    """Decode the file at ``path`` into an RGB PIL image; ``BadImageError`` names the file.
+
+    ``draft``: ``fn(width, height) -> (w, h) | None``, called with the header's size; a JPEG is
+    then decoded at the smallest DCT scale that is still at least ``(w, h)`` (module docstring).
+    """
+    return _decode(path, path, draft)
 
 
-def decode_bytes(data: bytes, name: str) -> Any:
-    """Decode an encoded file's bytes into an RGB PIL image; ``BadImageError`` names ``name``."""
-    return _decode(io.BytesIO(data), name)
+def decode_bytes(data: bytes, name: str, draft: DraftFn | None = None) -> Any:
+    """Decode an encoded file's bytes into an RGB PIL image; ``BadImageError`` names ``name``;
+    ``draft`` as in ``decode_image``."""
+    return _decode(io.BytesIO(data), name, draft)
 
 
 def is_jpeg(data: torch.Tensor) -> bool:

@@ -5,7 +5,14 @@ images in the same order). Three inputs are understood:
 
 * an ImageFolder-style root with split subfolders: ``DATA/train/<class>/...``, ``DATA/val/<class>/...``;
 * a single class-folder root: ``DATA/<class>/...`` (one split, ``train``);
-* a text file list: one ``relative/path[ label]`` per line (``#`` comments), relative to ``root``.
+* a text file list: one ``relative/path[ label]`` per line (``#`` comments), relative to ``root``;
+* sharded input, WebDataset tar shards or Parquet files, local or behind an fsspec URL
+  (``cache_builder.image_source``): its rows are ``shard/key`` or ``file.parquet#row`` and are
+  read through the list's ``source``.
+
+Every reader goes through the list: ``ImageList.decode(i)`` (the one decoder,
+``cache_builder.image_decode``), ``read_bytes(i)`` (the encoded file), ``name(i)`` (what an
+error names: the file's path, or ``LOCATION/shard/key``).
 
 Order is fixed: classes sorted by name, files sorted by relative POSIX path within the split.
 
@@ -22,13 +29,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from storage.errors import CompressError
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from cache_builder.image_decode import DraftFn
+    from cache_builder.image_source import ImageSource
 
 # Per-row content identity of the image files, recorded by stage 1 as a store column and checked
 # by stage 2 (distill.targets): the file's size in bytes and its mtime in nanoseconds.
@@ -57,6 +68,8 @@ class ImageList:
         outside_links: relative paths of the symlinks (to files or folders) that lead outside
             ``root``: followed, and recorded here.
         skipped_links: relative paths of the directory symlinks skipped as loops or duplicates.
+        source: for sharded input, the tar or Parquet source the rows are read from (``root``
+            is then the split's location); None for files under ``root``.
     """
 
     root: str
@@ -65,18 +78,54 @@ class ImageList:
     classes: tuple[str, ...] = ()
     outside_links: tuple[str, ...] = field(default=(), compare=False)
     skipped_links: tuple[str, ...] = field(default=(), compare=False)
+    source: ImageSource | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def absolute(self, i: int) -> str:
+        """The file of row ``i`` (for sharded input: its name, ``LOCATION/shard/key``)."""
+        if self.source is not None:
+            return self.source.name(self.paths[i])
         return os.path.join(self.root, *self.paths[i].split("/"))
 
+    def name(self, i: int) -> str:
+        """What messages call row ``i``: its file, or ``LOCATION/shard/key``."""
+        return self.absolute(i)
+
+    def read_bytes(self, i: int) -> bytes:
+        """The encoded image of row ``i``; ``OSError`` (``BadImageError``/``ShardError``) names it."""
+        if self.source is not None:
+            return self.source.read(self.paths[i])
+        from cache_builder.image_decode import BadImageError
+
+        try:
+            with open(self.absolute(i), "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise BadImageError(f"{self.absolute(i)}: cannot read file ({e.strerror or e})") from None
+
+    def decode(self, i: int, draft: DraftFn | None = None) -> Any:
+        """Row ``i`` as an RGB PIL image (``image_decode.decode_image``; ``draft`` as there)."""
+        from cache_builder.image_decode import decode_bytes, decode_image
+
+        if self.source is not None:
+            return decode_bytes(self.read_bytes(i), self.name(i), draft)
+        return decode_image(self.absolute(i), draft)
+
+    def subset(self, rows: Sequence[int]) -> ImageList:
+        """The rows ``rows`` (in that order) of this list, reading from the same place."""
+        return ImageList(self.root, tuple(self.paths[i] for i in rows), tuple(self.labels[i] for i in rows), self.classes,
+                         source=self.source)
+
     def fingerprint(self) -> str:
-        """``sha256:<hex>`` of the ordered (path, label) pairs: equal iff same images, same order."""
+        """``sha256:<hex>`` of the ordered (path, label) pairs: equal iff same images, same order;
+        for sharded input also of the shard listing (names, sizes, member counts)."""
         h = hashlib.sha256()
         for p, y in zip(self.paths, self.labels):
             h.update(f"{p}\t{y}\n".encode())
+        if self.source is not None:
+            h.update(f"source {self.source.fingerprint()}".encode())
         return "sha256:" + h.hexdigest()
 
 
@@ -159,10 +208,13 @@ def _stat_rows(images: ImageList, rows: range) -> list[tuple[int, int]]:
 def file_identities(images: ImageList, start: int = 0, stop: int | None = None) -> np.ndarray:
     """int64 ``(R, 2)``: ``(size in bytes, mtime in ns)`` of images ``start:stop`` (``(-1, -1)`` for a
     file that cannot be stat'ed): the ``IDENTITY_COLUMN`` rows of a store. One ``stat`` per file
-    (a few seconds for a million images; threads overlap them on network file systems)."""
+    (a few seconds for a million images; threads overlap them on network file systems).
+    Sharded input: ``(encoded size, position in the shard)`` from the source's index."""
     import numpy as np
 
     stop = len(images) if stop is None else stop
+    if images.source is not None:
+        return images.source.identities(images.paths[start:stop])
     chunk = 4096
     ranges = [range(a, min(a + chunk, stop)) for a in range(start, stop, chunk)]
     if len(ranges) > 1:
@@ -255,9 +307,17 @@ def read_file_list(list_file: str, root: str | None = None) -> ImageList:
     return ImageList(base, tuple(paths), tuple(labels), tuple(str(c) for c in range(n_classes)))
 
 
-def discover_splits(data: str, root: str | None = None) -> dict[str, ImageList]:
-    """All splits of ``data``: ``{"train": ..., "val": ...}`` for a root with split folders,
-    ``{"train": ...}`` for a single class-folder root or a file list."""
+def discover_splits(data: str, root: str | None = None, image_column: str | None = None,
+                    label_column: str | None = None) -> dict[str, ImageList]:
+    """All splits of ``data``: ``{"train": ..., "val": ...}`` for a root with split folders (or
+    sharded input with ``train``/``val`` sub-locations), ``{"train": ...}`` for a single
+    class-folder root, a file list, or shards (``cache_builder.image_source``;
+    ``image_column``/``label_column`` for Parquet)."""
+    from cache_builder.image_source import open_sharded
+
+    sharded = open_sharded(data, image_column, label_column)
+    if sharded is not None:
+        return sharded
     if os.path.isfile(data):
         return {"train": read_file_list(data, root)}
     if not os.path.isdir(data):

@@ -12,6 +12,15 @@ run sees exactly the batches it would have seen.
   teacher target is that view's embedding.
 
 Samples are ``(uint8 (3, S, S), row, view)``; normalisation happens on the training device.
+
+Reduced-scale decoding (``--decode-scale auto``, ``DECODE_SCALES``): the view box is drawn from
+the size in the file header, in full-resolution coordinates exactly as without it; when that
+box will be downscaled by 2x or more to the student's input, the JPEG is decoded through
+libjpeg's DCT scaling at ``1/s`` (``cache_builder.image_decode.dct_scale``: the largest s in
+2, 4, 8 that keeps the box at least S x S) and the box is mapped to the drafted image as
+``box / s`` (sub-pixel, PIL's ``resize(box=...)``), then resized to S x S as before. The pixels
+differ slightly from a full decode (docs/distill.md, "Input pipeline", has the PSNR), so the
+setting is part of the run identity. ``off`` decodes every image fully.
 """
 
 from __future__ import annotations
@@ -23,11 +32,13 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
-from cache_builder.image_decode import decode_image
+from cache_builder.image_decode import dct_scale
 from cache_builder.image_list import ImageList
 from cache_builder.transforms import CROP_COLUMNS, sample_rrc
 from cache_builder.transforms import normalize_batch as normalise  # noqa: F401  (the engine's name for it)
-from distill.decode import EncodedView, image_size, read_bytes
+from distill.decode import EncodedView, image_size
+
+DECODE_SCALES = ("auto", "off")  # --decode-scale: DCT-scaled JPEG decoding of downscaled crops, or full decodes
 
 
 def sample_generator(seed: int, epoch: int, row: int) -> torch.Generator:
@@ -68,10 +79,15 @@ class AugmentedImages(Dataset):
             (then ``view`` is always 0).
         encoded: return ``distill.decode.EncodedView`` (file bytes + view box, not decoded)
             instead of the image, for ``--decode gpu``; the view is the same.
+        decode_scale: ``auto`` decodes JPEGs whose view box is downscaled >= 2x at a reduced
+            DCT scale (module docstring), ``off`` decodes fully; the view box is the same.
     """
 
     def __init__(self, images: ImageList, size: int, scale: tuple[float, float] = (0.08, 1.0), seed: int = 0,
-                 crops: np.ndarray | None = None, encoded: bool = False) -> None:
+                 crops: np.ndarray | None = None, encoded: bool = False, decode_scale: str = "off") -> None:
+        if decode_scale not in DECODE_SCALES:
+            raise ValueError(f"decode_scale must be one of {', '.join(DECODE_SCALES)}, got {decode_scale!r}")
+        self.decode_scale = decode_scale
         self.images = images
         self.size = size
         self.scale = scale
@@ -93,17 +109,34 @@ class AugmentedImages(Dataset):
             top, left, h, w = sample_rrc(image_hw[0], image_hw[1], g, self.scale)
             return 0, (top, left, h, w, torch.rand((), generator=g).item() < 0.5)
         view = int(torch.randint(self.views, (), generator=g))
-        return view, crop_box(self.crops, row, view, image_hw, self.images.absolute(row))
+        return view, crop_box(self.crops, row, view, image_hw, self.images.name(row))
 
     def __getitem__(self, key: Any) -> tuple[Any, int, int]:
         epoch, row = key
-        path = self.images.absolute(row)
+        path = self.images.name(row)
         if self.encoded:  # --decode gpu: the same view box, from the header's size; decoded on the GPU
-            view, box = self.view_box(epoch, row, image_size(path))
-            return EncodedView(read_bytes(path), box, path), row, view
-        im = decode_image(path)
-        view, (top, left, h, w, flip) = self.view_box(epoch, row, (im.height, im.width))
-        im = TF.resized_crop(im, top, left, h, w, [self.size, self.size], antialias=True)
+            data = self.images.read_bytes(row)
+            view, box = self.view_box(epoch, row, image_size(data, path))
+            return EncodedView(torch.frombuffer(bytearray(data), dtype=torch.uint8), box, path), row, view
+        chosen: dict[str, Any] = {}
+
+        def draft(width: int, height: int) -> tuple[int, int] | None:
+            """Draw the view from the header's full size; ask for a DCT-scaled decode if it pays."""
+            chosen["full"] = (width, height)
+            chosen["view"], chosen["box"] = self.view_box(epoch, row, (height, width))
+            s = dct_scale(chosen["box"][2:4], (self.size, self.size)) if self.decode_scale == "auto" else 1
+            chosen["s"] = s
+            return (width // s, height // s) if s > 1 else None
+
+        im = self.images.decode(row, draft=draft)
+        view, (top, left, h, w, flip) = chosen["view"], chosen["box"]
+        if im.size == chosen["full"]:
+            im = TF.resized_crop(im, top, left, h, w, [self.size, self.size], antialias=True)
+        else:  # drafted at 1/s: the same box in the reduced image's coordinates
+            from PIL import Image
+
+            s = chosen["s"]
+            im = im.resize((self.size, self.size), Image.Resampling.BILINEAR, box=(left / s, top / s, (left + w) / s, (top + h) / s))
         if flip:
             im = TF.hflip(im)
         return TF.pil_to_tensor(im), row, view
@@ -124,8 +157,8 @@ class ReferenceImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, row: int) -> tuple[torch.Tensor, int]:
-        path = self.images.absolute(row)
-        im = decode_image(path)
+        path = self.images.name(row)
+        im = self.images.decode(row)
         if self.crops is None:
             im = TF.center_crop(TF.resize(im, self.resize, antialias=True), [self.size, self.size])
         else:

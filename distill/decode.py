@@ -34,19 +34,17 @@ class EncodedView:
     path: str
 
 
-def image_size(path: str) -> tuple[int, int]:
-    """``(height, width)`` from the file header (PIL opens lazily: nothing is decoded)."""
+def image_size(data: bytes | str, name: str | None = None) -> tuple[int, int]:
+    """``(height, width)`` from the header of the encoded ``data`` (or the file at path
+    ``data``); PIL opens lazily: nothing is decoded. Errors name ``name`` (default the path)."""
+    import io
+
+    path = name or str(data)
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
             return im.height, im.width
     except (OSError, ValueError) as e:
         raise OSError(f"{path}: cannot be read as an image ({e})") from None
-
-
-def read_bytes(path: str) -> torch.Tensor:
-    """uint8 ``(L,)`` contents of ``path``."""
-    with open(path, "rb") as f:
-        return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
 
 
 def collate_encoded(samples: list[tuple[EncodedView, int, int]]) -> tuple[list[EncodedView], torch.Tensor, torch.Tensor]:

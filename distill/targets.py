@@ -120,8 +120,7 @@ def training_listing(store: Store, listing: ImageList, data: str) -> tuple[Image
             )
         drop.add(index)
     kept = [i for i in range(len(listing)) if i not in drop]
-    images = listing if not drop else ImageList(listing.root, tuple(listing.paths[i] for i in kept),
-                                                tuple(listing.labels[i] for i in kept), listing.classes)
+    images = listing if not drop else listing.subset(kept)
     paths = store.load_metadata().paths
     if len(paths) != len(images) or tuple(paths) != images.paths:
         first = next((i for i, (a, b) in enumerate(zip(paths, images.paths)) if a != b), min(len(paths), len(images)))
@@ -151,17 +150,25 @@ def check_contents(store: Store, images: ImageList) -> None:
     if IDENTITY_COLUMN not in store.manifest.columns:
         raise CacheMismatchError(f"cache {store.path} records no file sizes and mtimes (column {IDENTITY_COLUMN!r}), so the "
                                  f"images cannot be checked against it: rebuild it with compress-cache build, or {hint}")
+    recorded_source = store.provenance.get("data_source")
+    if images.source is not None and isinstance(recorded_source, dict):
+        now_fp, then_fp = images.source.fingerprint(), recorded_source.get("fingerprint")
+        if then_fp != now_fp:
+            raise CacheMismatchError(
+                f"the shards of {images.root} changed since cache {store.path} was built (shard names, sizes or member "
+                f"counts: listing {str(then_fp)[:19]}... then, {now_fp[:19]}... now). Rebuild the cache, or {hint}")
     changed = first_changed(images, store.load_column(IDENTITY_COLUMN))
     if changed is not None:
         row, (size0, mtime0), (size1, mtime1) = changed
-        now = "missing" if size1 < 0 else f"size {size1} B, mtime_ns {mtime1}"
+        second = "mtime_ns" if images.source is None else "position"  # sharded rows: (member size, offset or row)
+        now = "missing" if size1 < 0 else f"size {size1} B, {second} {mtime1}"
         raise CacheMismatchError(
-            f"{images.absolute(row)} (row {row}) changed since cache {store.path} was built: recorded size {size0} B, "
-            f"mtime_ns {mtime0}; now {now}. Rebuild the cache for the current images, or {hint}")
+            f"{images.name(row)} (row {row}) changed since cache {store.path} was built: recorded size {size0} B, "
+            f"{second} {mtime0}; now {now}. Rebuild the cache for the current images, or {hint}")
 
 
 def load_targets(cache: str, data: str, device: torch.device, shared: bool = False, trust_data: bool = False,
-                 verify_load: bool = True) -> TeacherTargets:
+                 verify_load: bool = True, image_column: str | None = None, label_column: str | None = None) -> TeacherTargets:
     """Open the train store of ``cache``, check it matches ``data``, load all rows once.
 
     Args:
@@ -171,6 +178,7 @@ def load_targets(cache: str, data: str, device: torch.device, shared: bool = Fal
             are still compared.
         verify_load: check the embeddings' CRC32Cs as they are loaded (``Store.load_all``); a shared
             copy is checked once, when it is first written.
+        image_column, label_column: Parquet ``data`` (default: the columns the cache was built from).
     """
     store = open_store(train_store_path(cache))
     store.require_complete("distillation")
@@ -180,7 +188,11 @@ def load_targets(cache: str, data: str, device: torch.device, shared: bool = Fal
             raise CacheMismatchError(f"{store.path}: a {store.views}-view cache without a {CROPS_COLUMN!r} column; the student "
                              "cannot be given the crops the teacher saw. Rebuild it with compress-cache build --views.")
         crops = check_crops(store.load_column(CROPS_COLUMN), store.n, store.views, store.path)
-    images, skipped = training_listing(store, discover_splits(data)["train"], data)
+    source = store.provenance.get("data_source")
+    recorded = source if isinstance(source, dict) else {}
+    listing = discover_splits(data, image_column=image_column or recorded.get("image_column"),
+                              label_column=label_column or recorded.get("label_column"))["train"]
+    images, skipped = training_listing(store, listing, data)
     if trust_data:
         log.info("%s: --trust-data: the images' sizes and mtimes are not compared with the cache's", store.path)
     else:

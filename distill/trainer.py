@@ -56,6 +56,7 @@ def build_trainer(cfg: DistillConfig, targets: TeacherTargets | None = None) -> 
     D.init_from_env(device)
     if targets is None:
         targets = load_targets(cfg.cache, cfg.data or "", device, shared=cfg.shared_cache, trust_data=cfg.trust_data,
+                               image_column=cfg.image_column, label_column=cfg.label_column,
                                verify_load=cfg.verify_load)
     return Trainer(cfg, targets, device)
 
@@ -360,7 +361,7 @@ class Trainer:
                        unit="step", dynamic_ncols=True)
         gpu_decoder = GpuViewDecoder(self.input_size, self.device) if self.decode == "gpu" else None
         dataset = AugmentedImages(self.targets.images, self.input_size, cfg.crop_scale, cfg.seed, self.targets.crops,
-                                  encoded=gpu_decoder is not None)
+                                  encoded=gpu_decoder is not None, decode_scale=cfg.decode_scale)
         # one loader for all epochs (persistent workers); the sampler says which epoch and step
         loader = self._loader(dataset, self.sampler, persistent=True, collate_fn=collate_encoded if gpu_decoder else None)
         clock = TrainingClock(self.global_step)

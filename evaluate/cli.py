@@ -35,7 +35,8 @@ def _resolve_source(source: SourceConfig, device: str) -> tuple[str, dict | None
         model = source.model
         root = source.feature_cache or (os.path.join(model, "eval", "features") if os.path.isdir(model) else "eval-cache")
         info = cached_features(model, source.data, root, image_size=source.image_size, batch_size=source.extract_batch_size,
-                               workers=source.workers, device=str(resolve_device(device)), progress=source.progress)
+                               workers=source.workers, device=str(resolve_device(device)), progress=source.progress,
+                               image_column=source.image_column, label_column=source.label_column)
         click.echo(f"{'reusing' if info['reused'] else 'extracted'} features of {model} on {source.data}: {info['out']}")
         return info["out"], info
     if source.features:
@@ -123,7 +124,8 @@ def cluster(**params: Any) -> None:
 @main.command()
 @config_file_option
 @click.option("--model", required=True, help=MODEL_HELP)
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="ImageFolder-style root (train/, val/).")
+@click.option("--data", required=True, help="ImageFolder-style root (train/, val/), or tar shards / Parquet files in train/ "
+                                            "and val/ sub-locations (a directory or an fsspec URL).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (OUT/train, OUT/val stores).")
 @config_options(FeaturesConfig)
 def features(**params: Any) -> None:

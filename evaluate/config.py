@@ -45,7 +45,11 @@ class SourceConfig:
     features: str | None = setting(None, "Features or teacher-cache directory with train/ and val/ stores "
                                          f"(default: ./{DEFAULT_FEATURES} if present).")
     model: str | None = setting(None, MODEL_HELP)
-    data: str | None = setting(None, "ImageFolder-style root (train/, val/) to extract --model's features from.")
+    data: str | None = setting(None, "ImageFolder-style root (train/, val/), or tar shards / Parquet files in train/ and "
+                                     "val/ sub-locations (a directory or an fsspec URL), to extract --model's features from.")
+    image_column: str | None = setting(None, "Parquet --data: the column of image bytes [default: image/img/jpg, or the only "
+                                             "binary column].")
+    label_column: str | None = setting(None, "Parquet --data: the column of class indices [default: label, if present].")
     feature_cache: str | None = setting(None, "Where --model/--data features are cached (default: RUN/eval/features or ./eval-cache).")
     image_size: int | None = setting(None, "Center-crop size for torchvision models.")
     extract_batch_size: int = setting(64, "Feature extraction batch size.", flag="--batch-size")
@@ -61,7 +65,7 @@ class SourceConfig:
             raise UsageError("--features: give either --features or --model/--data, not both")
         if bool(self.model) != bool(self.data):
             raise UsageError("--model and --data go together" + (" (--data is missing)" if self.model else " (--model is missing)"))
-        if self.data and not os.path.isdir(self.data):
+        if self.data and not (os.path.isdir(self.data) or "://" in self.data or "{" in self.data):
             raise UsageError(f"--data {self.data}: no such directory")
         if self.features and not os.path.isdir(self.features):
             raise UsageError(f"--features {self.features}: no such directory")
@@ -209,6 +213,9 @@ class FeaturesConfig:
     shard_size: int | None = setting(None, "Rows per shard (default: the store's).")
     overwrite: bool = setting(False, "Replace features extracted with another model or dataset.", flag="--overwrite")
     progress: bool = setting(True, "Show a progress bar per split.")
+    image_column: str | None = setting(None, "Parquet --data: the column of image bytes [default: image/img/jpg, or the only "
+                                             "binary column].")
+    label_column: str | None = setting(None, "Parquet --data: the column of class indices [default: label, if present].")
 
     def __post_init__(self) -> None:
         self.validate()

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from cache_builder.image_decode import decode_image
 from evaluate.config import FeaturesConfig
 from evaluate.image_folder import ImageListing, list_classes, list_split
 from storage.atomic import write_json_atomic
@@ -46,16 +45,20 @@ class ImageDataset:
 
     def __getitem__(self, i: int) -> Any:
         row = int(self.rows[i])
-        path = os.path.join(self.listing.root, self.listing.paths[row])
         try:
-            image = self.transform(decode_image(path))
+            image = self.transform(self.listing.decode(row))
         except OSError as e:
-            raise OSError(f"{path}: cannot read image ({e})") from None
+            raise OSError(f"{self.listing.root}/{self.listing.paths[row]}: cannot read image ({e})") from None
         if self.with_rows:
             import torch
 
             return row, image, torch.empty(0)
         return (image, self.listing.labels[row]) if self.with_labels else image
+
+
+def _location(data: str) -> str:
+    """``data`` as recorded: an absolute path, or a URL / shard pattern as given."""
+    return data if "://" in data else os.path.abspath(data)
 
 
 def extraction_fingerprint(identity: dict[str, Any], listings: dict[str, ImageListing]) -> str:
@@ -111,14 +114,14 @@ def extract_features(cfg: FeaturesConfig, resolved=None) -> dict:
 
     start = time.perf_counter()
     resolved = resolved or resolve_model(cfg.model, image_size=cfg.image_size)
-    classes = list_classes(cfg.data)
-    listings = {s: list_split(cfg.data, s, classes) for s in SPLITS}
+    classes = list_classes(cfg.data, cfg.image_column, cfg.label_column)
+    listings = {s: list_split(cfg.data, s, classes, cfg.image_column, cfg.label_column) for s in SPLITS}
     fingerprint = extraction_fingerprint(resolved.identity, listings)
     paths = {s: os.path.join(cfg.out, s) for s in SPLITS}
     reused = all(complete_store_matches(p, fingerprint) for p in paths.values())
     if not reused:
         module = resolved.module
-        provenance = {"model": resolved.identity, "dataset": os.path.abspath(cfg.data), "classes": list(classes),
+        provenance = {"model": resolved.identity, "dataset": _location(cfg.data), "classes": list(classes),
                       "normalized": "L2", "crop": "center", "source": "compress-eval features"}
         for split in SPLITS:
             if not complete_store_matches(paths[split], fingerprint):
@@ -126,7 +129,7 @@ def extract_features(cfg: FeaturesConfig, resolved=None) -> dict:
                 extract_split(module, resolved.transform, listings[split], paths[split], fingerprint,
                               {**provenance, "split": split}, cfg)
     info = {"out": cfg.out, "fingerprint": fingerprint, "reused": reused, "model": resolved.identity,
-            "dataset": os.path.abspath(cfg.data), "split_sizes": {s: len(listings[s].paths) for s in SPLITS},
+            "dataset": _location(cfg.data), "split_sizes": {s: len(listings[s].paths) for s in SPLITS},
             "config": asdict(cfg), "wall_time_s": round(time.perf_counter() - start, 3)}
     write_json_atomic(os.path.join(cfg.out, "features.json"), info)
     return info
@@ -142,6 +145,7 @@ def cached_features(model: str, data: str, cache_root: str, **options) -> dict:
     from evaluate.models import resolve_model
 
     resolved = resolve_model(model, image_size=options.get("image_size"))
-    listings = {s: list_split(data, s, list_classes(data)) for s in SPLITS}
+    columns = (options.get("image_column"), options.get("label_column"))
+    listings = {s: list_split(data, s, list_classes(data, *columns), *columns) for s in SPLITS}
     out = os.path.join(cache_root, extraction_fingerprint(resolved.identity, listings)[:16])
     return extract_features(FeaturesConfig(model=model, data=data, out=out, **options), resolved)

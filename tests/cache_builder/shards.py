@@ -1,0 +1,49 @@
+"""Test data: an image folder (``tests.images``) converted to WebDataset tar shards and to Parquet.
+
+Rows keep the folder's listing order (classes sorted, then paths), so a cache built from the
+shards must equal the folder build's row for row (only the path column differs).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+from cache_builder.image_list import discover_splits
+
+
+def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def folder_to_tar(folder: str, out: str, per_shard: int = 4, labels: bool = True) -> str:
+    """``out/<split>/shard-NNNNNN.tar`` with members ``<key>.<ext>`` (+ ``<key>.cls``); returns ``out``."""
+    for split, images in discover_splits(folder).items():
+        os.makedirs(os.path.join(out, split), exist_ok=True)
+        for start in range(0, len(images), per_shard):
+            with tarfile.open(os.path.join(out, split, f"shard-{start // per_shard:06d}.tar"), "w") as tar:
+                for i in range(start, min(start + per_shard, len(images))):
+                    key = f"s{i:05d}"
+                    ext = os.path.splitext(images.paths[i])[1].lstrip(".")
+                    _add(tar, f"{key}.{ext}", images.read_bytes(i))
+                    if labels:
+                        _add(tar, f"{key}.cls", str(images.labels[i]).encode())
+    return out
+
+
+def folder_to_parquet(folder: str, out: str, struct: bool = True, row_group_size: int = 3) -> str:
+    """``out/<split>/part-0.parquet`` with an ``image`` column (``{"bytes", "path"}`` structs as
+    Hugging Face ``datasets`` writes them, or raw bytes) and a ``label`` column; returns ``out``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for split, images in discover_splits(folder).items():
+        os.makedirs(os.path.join(out, split), exist_ok=True)
+        data = [images.read_bytes(i) for i in range(len(images))]
+        column = [{"bytes": b, "path": p} for b, p in zip(data, images.paths)] if struct else data
+        table = pa.table({"image": column, "label": list(images.labels)})
+        pq.write_table(table, os.path.join(out, split, "part-0.parquet"), row_group_size=row_group_size)
+    return out
