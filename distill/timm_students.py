@@ -103,8 +103,8 @@ def timm_student_spec(name: str) -> StudentSpec:
     return StudentSpec(
         name=TIMM_PREFIX + model_name, architecture=TIMM_PREFIX + model_name, feature_dim=feature_dim, input_size=size,
         builder=functools.partial(create_backbone, model_name),
-        mean=tuple(found.get("mean") or (0.485, 0.456, 0.406)),  # type: ignore[arg-type]
-        std=tuple(found.get("std") or (0.229, 0.224, 0.225)),  # type: ignore[arg-type]
+        mean=tuple(found.get("mean") or (0.485, 0.456, 0.406)),
+        std=tuple(found.get("std") or (0.229, 0.224, 0.225)),
         interpolation=str(found.get("interpolation") or "bicubic"), crop_pct=float(found.get("crop_pct") or 0.875),
     )
 

@@ -92,7 +92,7 @@ def test_list_students_describes_timm_students() -> None:
 
 @pytest.fixture(scope="module")
 def timm_run(tmp_path_factory):
-    """A 2-epoch run of ``timm:mobilenetv3_small_050`` at 16 px on a synthetic cache, exported."""
+    """A 1-epoch run of ``timm:mobilenetv3_small_050`` at 16 px on a synthetic cache, exported."""
     from distill.cli import main
     from distill.engine import run
 
@@ -100,7 +100,7 @@ def timm_run(tmp_path_factory):
     data = str(root / "data")
     write_image_folder(data, CLASSES, {"train": 12, "val": 4}, size=16)
     cache = make_cache(str(root / "cache"), data)
-    cfg = tiny(cache, str(root / "run"), student="timm:mobilenetv3_small_050", epochs=2, bank_size=32)
+    cfg = tiny(cache, str(root / "run"), student="timm:mobilenetv3_small_050", epochs=1, bank_size=32)
     run(cfg)
     export = str(root / "export" / "student.pth")
     result = CliRunner().invoke(main, ["export", cfg.out, "--out", export])
