@@ -1,4 +1,5 @@
-"""Ablation of the CompRess settings on the demo data (bank size, temperature, variant, teacher size).
+"""Ablation of the CompRess settings on the demo data (bank size, temperature, variant, teacher size,
+student architecture).
 
 Reuses the demo's data and teacher cache (``compress-demo --out OUT`` builds them; this
 script builds them too if missing), distils one student per setting with everything else at
@@ -8,6 +9,10 @@ do (docs/architecture.md, "The method": bigger bank better, tau = 0.04 best).
 
     python bench/ablation.py --out runs/ablation --train-per-class 500 --val-per-class 100 --epochs 15   # CPU
     python bench/ablation.py --out runs/demo-full --full     # GPU: all 60k/10k
+    python bench/ablation.py --out runs/ablation --groups student --train-per-class 200 --val-per-class 50 --epochs 10
+
+Each row reports the student backbone's parameters and GFLOPs at its input size (counted on
+the meta device) beside the kNN accuracy.
 
 Every run resumes/reuses: rerunning after an interruption continues where it stopped.
 """
@@ -44,7 +49,31 @@ def settings(n_train: int, include: list[str]) -> list[tuple[str, dict]]:
         rows += [("variant", {"variant": v}) for v in ("1q", "2q", "2q-momentum")]
     if "variant" in include or "static" in include:  # 1q-style; top-512 teacher neighbours + 2048 random rows
         rows += [("static", {"bank": "static-faiss"}), ("static", {"bank": "static-faiss", "tail_correction": False})]
+    if "student" in include:  # the demo's micro CNN vs a timm student of similar cost, both at 32 px
+        rows += [("student", {"student": s}) for s in ("micro_mobilenet", "timm:mobilenetv3_small_050")]
     return rows
+
+
+def apply(base: DemoConfig, overrides: dict) -> DemoConfig:
+    """``base`` with ``overrides``: ``teacher_size`` is the demo's own setting, ``t`` sets both
+    temperatures, every other key is a field of the nested ``DistillConfig``."""
+    demo = {k: v for k, v in overrides.items() if k == "teacher_size"}
+    distill = {k: v for k, v in overrides.items() if k not in demo and k != "t"}
+    if "t" in overrides:
+        distill.update(t_teacher=overrides["t"], t_student=overrides["t"])
+    return dataclasses.replace(base, distill=dataclasses.replace(base.distill, **distill), **demo)
+
+
+def student_cost(student: str, input_size: int) -> tuple[int, float]:
+    """``(parameters, GFLOPs at input_size)`` of the student's backbone (meta device)."""
+    import torch
+
+    from cache_builder.architectures import count_parameters, gflops
+    from distill.students import get_student_spec
+
+    with torch.device("meta"):
+        backbone = get_student_spec(student).builder().eval()
+    return count_parameters(backbone), gflops(backbone, input_size)
 
 
 def _mean_range(values: list[float]) -> str:
@@ -62,15 +91,16 @@ def main() -> None:
     p.add_argument("--train-per-class", type=int, default=None, help="balanced subset size (default: the demo's)")
     p.add_argument("--val-per-class", type=int, default=None)
     p.add_argument("--groups", default="bank,temperature,variant,teacher",
-                   help="comma-separated: default, bank, temperature, variant (includes static), static, teacher")
+                   help="comma-separated: default, bank, temperature, variant (includes static), static, teacher, student")
     p.add_argument("--seeds", default="0", help="comma-separated distillation seeds; each row reports the mean (and the range) over them")
     p.add_argument("--device", default="auto")
     p.add_argument("--markdown", default=None, help="also write the table here (default OUT/ablation.md)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
-    base = DemoConfig(out=args.out, full=args.full, device=args.device, progress=False)
-    for field in ("epochs", "train_per_class", "val_per_class"):
+    base = DemoConfig(out=args.out, full=args.full)
+    base = apply(base, {"device": args.device, "progress": False, **({"epochs": args.epochs} if args.epochs else {})})
+    for field in ("train_per_class", "val_per_class"):
         if getattr(args, field):
             base = dataclasses.replace(base, **{field: getattr(args, field)})
     from distill.engine import run as distill_run
@@ -93,23 +123,29 @@ def main() -> None:
     _, _, teacher = teacher_cache(base.teacher_size)
     n_train = len(splits["train"].labels)
     print(f"{source}: {n_train} train / {len(splits['val'].labels)} val; teacher NN {teacher['nn']:.1f} kNN-20 {teacher['knn20']:.1f}")
-    lines = ["| group | setting | NN | kNN-20 | kNN-20 / its teacher | final loss | wall s |", "|---|---|---:|---:|---:|---:|---:|",
-             f"| teacher | MobileNetV2 @{base.teacher_size}px | {teacher['nn']:.1f} | {teacher['knn20']:.1f} | 1.000 | | |"]
+    lines = ["| group | setting | params | GFLOPs | NN | kNN-20 | kNN-20 / its teacher | final loss | wall s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+             f"| teacher | MobileNetV2 @{base.teacher_size}px | 2.22M | | {teacher['nn']:.1f} | {teacher['knn20']:.1f} | 1.000 | | |"]
     seen: dict[str, str] = {}
     seeds = [int(x) for x in args.seeds.split(",")]
     for group, overrides in settings(n_train, args.groups.split(",")):
-        cfg = dataclasses.replace(base, **overrides)
+        cfg = apply(base, overrides)
+        d = cfg.distill
         data, cache, teacher = teacher_cache(cfg.teacher_size)
         if group == "teacher":
-            lines.append(f"| teacher | MobileNetV2 @{cfg.teacher_size}px | {teacher['nn']:.1f} | {teacher['knn20']:.1f} | 1.000 | | |")
-        tag = f"{cfg.variant}-bank{min(cfg.bank_size, n_train)}-t{cfg.t}-e{cfg.epochs}"
-        if cfg.bank == "static-faiss":
-            tag = f"static-k{cfg.neighbours}-r{cfg.random_anchors}{'' if cfg.tail_correction else '-plain'}-t{cfg.t}-e{cfg.epochs}"
+            lines.append(f"| teacher | MobileNetV2 @{cfg.teacher_size}px | 2.22M | | {teacher['nn']:.1f} | {teacher['knn20']:.1f} | 1.000 | | |")
+        tag = f"{d.variant}-bank{min(d.bank_size, n_train)}-t{d.t_teacher}-e{d.epochs}"
+        if d.bank == "static-faiss":
+            tag = f"static-k{d.neighbours}-r{d.random_anchors}{'' if d.tail_correction else '-plain'}-t{d.t_teacher}-e{d.epochs}"
         if cfg.teacher_size != base.teacher_size:
             tag += f"-teacher{cfg.teacher_size}"
+        if d.student != base.distill.student:
+            tag += "-" + d.student.replace(":", "_")
         label = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "demo defaults"
+        params, flops = student_cost(d.student, int(d.input_size or 32))
+        cost = f"{params / 1e6:.3f}M | {flops:.4f}"
         if tag in seen:  # the demo default appears in every group: train it once
-            lines.append(f"| {group} | {label} | {seen[tag]}")
+            lines.append(f"| {group} | {label} | {cost} | {seen[tag]}")
             print(lines[-1], flush=True)
             continue
         start = time.perf_counter()
@@ -125,12 +161,12 @@ def main() -> None:
         seen[tag] = (f"{_mean_range([r[0] for r in runs])} | {_mean_range([r[1] for r in runs])} | "
                      f"{statistics.mean(r[1] for r in runs) / teacher['knn20']:.3f} | {statistics.mean(r[2] for r in runs):.3f} | "
                      f"{time.perf_counter() - start:.0f} |")
-        lines.append(f"| {group} | {label} | {seen[tag]}")
+        lines.append(f"| {group} | {label} | {cost} | {seen[tag]}")
         print(lines[-1], flush=True)
     table = "\n".join(lines)
     path = args.markdown or os.path.join(args.out, "ablation.md")
     with open(path, "w") as f:
-        f.write(f"{source}: {n_train} train images, {base.epochs} epochs, student {base.student} @{base.student_size}px, "
+        f.write(f"{source}: {n_train} train images, {base.distill.epochs} epochs, student {base.distill.student} @{base.distill.input_size}px, "
                 f"distillation seeds {args.seeds}\n\n{table}\n")
     print(table)
     print(f"written to {path}")

@@ -66,19 +66,32 @@ def run(variant: str | None, **params: Any) -> None:
 
 
 @main.command("list-students")
-@click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
-def list_students_command(as_json: bool) -> None:
-    """The registered students: parameters and GFLOPs of the backbone at its default input size
-    (any torchvision classification model name works as --student too)."""
+@click.option("--timm", "timm_pattern", default=None, metavar="PATTERN",
+              help="Also list the timm models matching PATTERN (shell wildcards, or a substring: mobilenetv3) as timm:<name> students.")
+@click.option("--limit", default=40, show_default=True, help="At most this many timm models with --timm.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def list_students_command(timm_pattern: str | None, limit: int, as_json: bool) -> None:
+    """The registered students and a few timm examples: parameters and GFLOPs of the backbone at
+    its default input size (counted on the meta device). Any torchvision classification model
+    name works as --student too, and so does any timm model as timm:<model_name>."""
     from distill.students import list_students
+    from distill.timm_students import EXAMPLES, matching_models
 
-    rows = list_students()
+    names = matching_models(timm_pattern, limit) if timm_pattern else list(EXAMPLES)
+    if timm_pattern and not names:
+        from storage.errors import UsageError
+
+        raise UsageError(f"--timm {timm_pattern!r}: no timm model matches")
+    rows = list_students(names)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'student':<16} {'params':>10} {'GFLOPs':>8} {'input':>6} {'features':>9}")
+    width = max(16, *(len(r["name"]) for r in rows))
+    click.echo(f"{'student':<{width}} {'params':>10} {'GFLOPs':>8} {'input':>6} {'features':>9}")
     for r in rows:
-        click.echo(f"{r['name']:<16} {r['parameters'] / 1e6:>9.2f}M {r['gflops']:>8.3f} {r['input_size']:>6} {r['feature_dim']:>9}")
+        click.echo(f"{r['name']:<{width}} {r['parameters'] / 1e6:>9.2f}M {r['gflops']:>8.3f} {r['input_size']:>6} {r['feature_dim']:>9}")
+    if not timm_pattern:
+        click.echo("timm: rows are examples; any timm model works as --student timm:<name> (list them: --timm PATTERN)")
 
 
 @main.command()

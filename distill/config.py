@@ -43,7 +43,7 @@ class DistillConfig:
                                      "(directory, brace pattern or fsspec URL) [default: recorded in the cache manifest].")
     out: str | None = setting(None, "Run directory [default: ./runs/<student>-from-<teacher>].")
     student: str = setting("resnet18", "Student architecture: see compress-distill list-students (or any torchvision "
-                                       "classification model name).")
+                                       "classification model name, or any timm model as timm:<name>).")
     dim: int = setting(128, "Student head dimension (8192 for a ResNet-50 student of an R50x4 teacher).")
     variant: str = setting("2q-momentum", "Bank variant (docs/distill.md): 2q, 2q-momentum or 1q.", choices=VARIANTS)
     bank: str = setting("queue", "queue: FIFO memory bank(s) of recent batches (the paper). static-faiss: each image's "

@@ -9,10 +9,20 @@ classifier up to fc7)::
     m = torchvision.models.resnet18(); m.fc = torch.nn.Identity()
     m.load_state_dict(torch.load("r18.pth", weights_only=True), strict=True)
 
+A timm student (``--student timm:<model_name>``) exports the headless timm model's own state
+dict, which a plain timm loads strictly, without this project::
+
+    m = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=0)
+    m.load_state_dict(torch.load("student.pth", weights_only=True), strict=True)
+
+(its sidecar's ``timm`` entry: ``{"model", "create_kwargs", "version"}``; ``create_kwargs`` adds
+``dynamic_img_size=True`` for ViT-like models, which serves other input sizes but does not change
+the keys).
+
 Sidecar keys: ``architecture``, ``student``, ``feature_dim``, ``image_size``,
 ``eval_transform`` (recipe for ``distill.students.build_eval_transform``), ``teacher``,
 ``cache``, ``run_fingerprint``, ``finished``, ``epochs`` (epochs completed), ``epoch``,
-``steps``, ``dim``. ``export_student`` refuses a run that has not finished unless
+``steps``, ``dim``, and ``timm`` for a timm student. ``export_student`` refuses a run that has not finished unless
 ``allow_unfinished`` (``--allow-unfinished``).
 """
 
@@ -26,7 +36,7 @@ import torch
 from torch import nn
 
 from distill.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, load_weights, save_atomic
-from distill.students import build_student, eval_transform_recipe, get_student_spec
+from distill.students import StudentSpec, build_student, eval_transform_recipe, get_student_spec
 from storage.atomic import write_json_atomic
 from storage.errors import CompressError
 
@@ -59,7 +69,14 @@ def _metadata(ckpt: dict[str, Any]) -> dict[str, Any]:
         "epoch": int(ckpt["epoch"]),
         "steps": int(ckpt["global_step"]),
         "dim": int(config["dim"]),
-    }
+    } | _timm_entry(spec)
+
+
+def _timm_entry(spec: StudentSpec) -> dict[str, Any]:
+    """``{"timm": timm_sidecar(spec)}`` for a timm student, else ``{}``."""
+    from distill.timm_students import is_timm_student, timm_sidecar
+
+    return {"timm": timm_sidecar(spec)} if is_timm_student(spec.name) else {}
 
 
 def export_student(run_dir: str, out: str, allow_unfinished: bool = False) -> dict[str, Any]:
@@ -92,7 +109,7 @@ def export_untrained(student: str, dim: int, input_size: int | None, out: str, s
         "architecture": spec.architecture, "student": spec.name, "feature_dim": spec.feature_dim, "image_size": size,
         "eval_transform": eval_transform_recipe(spec, size), "teacher": "none (untrained)", "cache": None,
         "run_fingerprint": None, "finished": False, "epochs": 0, "epoch": 0, "steps": 0, "dim": int(dim), "seed": int(seed),
-    }
+    } | _timm_entry(spec)
     if os.path.isfile(out) and os.path.isfile(sidecar_path(out)):
         with open(sidecar_path(out)) as f:
             if json.load(f) == meta:

@@ -2,12 +2,14 @@
 
 A student is ``backbone -> linear head to dim``; the backbone maps a normalised image batch
 ``(B, 3, H, W)`` to features ``(B, F)``; only the backbone is exported. Any torchvision
-classification model name not in the registry works too (its classifier becomes the head).
-``list_students`` describes the registry (parameters and GFLOPs counted on the meta device).
+classification model name not in the registry works too (its classifier becomes the head), and
+so does any timm model as ``timm:<model_name>`` (``distill.timm_students``). ``list_students``
+describes the registry (parameters and GFLOPs counted on the meta device).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +32,12 @@ class StudentSpec:
         feature_dim: F, the backbone's output dimension.
         input_size: default training/eval crop size.
         builder: returns the backbone ``nn.Module`` (already headless).
+        mean, std: input normalisation.
         parameters, gflops: the backbone's parameter count and forward GFLOPs at ``input_size``
             (cached for ``list-students``; a test recounts them on the meta device); None when unknown.
+        interpolation: resize interpolation of the evaluation transform (``bilinear``, ``bicubic``).
+        crop_pct: None: evaluation resizes to ``S`` below 224 px and ``S * 256 / 224`` from
+            224 px; a float (timm's ``pretrained_cfg``): ``floor(S / crop_pct)`` at every size.
     """
 
     name: str
@@ -43,6 +49,8 @@ class StudentSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     parameters: int | None = None
     gflops: float | None = None
+    interpolation: str = "bilinear"
+    crop_pct: float | None = None
 
 
 class PooledConvNet(nn.Module):
@@ -139,19 +147,24 @@ STUDENTS: dict[str, StudentSpec] = {
 
 
 def get_student_spec(name: str) -> StudentSpec:
-    """The registry spec, or one made on the fly for any torchvision classification model.
+    """The registry spec, or one made on the fly for any torchvision classification model or
+    ``timm:<model_name>`` (``distill.timm_students.timm_student_spec``).
 
     Raises ``UsageError`` (with "did you mean" suggestions) for an unknown name.
     """
     if name in STUDENTS:
         return STUDENTS[name]
+    from distill.timm_students import is_timm_student, timm_student_spec
+
+    if is_timm_student(name):
+        return timm_student_spec(name)
     import torchvision
 
     known = torchvision.models.list_models(module=torchvision.models)
     if name in known:
         return StudentSpec(name, name, _feature_dim(name), 224, lambda: _torchvision_backbone(name))
     raise UsageError("--student: " + unknown_name("student", name, list(STUDENTS))
-                     + " (or any torchvision classification model name; see compress-distill list-students)")
+                     + " (or any torchvision classification model name, or timm:<model_name>; see compress-distill list-students)")
 
 
 def count_backbone(spec: StudentSpec) -> tuple[int, float]:
@@ -161,11 +174,15 @@ def count_backbone(spec: StudentSpec) -> tuple[int, float]:
     return count_parameters(backbone), gflops(backbone, spec.input_size)
 
 
-def list_students() -> list[dict[str, Any]]:
+def list_students(timm_names: tuple[str, ...] | list[str] = ()) -> list[dict[str, Any]]:
     """The registry: ``{"name", "architecture", "feature_dim", "input_size", "parameters",
-    "gflops"}`` per student (backbone at its default input size; the cached counts)."""
-    return [{"name": s.name, "architecture": s.architecture, "feature_dim": s.feature_dim, "input_size": s.input_size,
+    "gflops"}`` per student (backbone at its default input size; the cached counts), followed by
+    the rows of the ``timm:<model_name>`` students in ``timm_names`` (counted on the meta device)."""
+    from distill.timm_students import describe
+
+    rows = [{"name": s.name, "architecture": s.architecture, "feature_dim": s.feature_dim, "input_size": s.input_size,
              "parameters": s.parameters, "gflops": s.gflops} for s in STUDENTS.values()]
+    return rows + [describe(n) for n in timm_names]
 
 
 class Student(nn.Module):
@@ -190,18 +207,22 @@ def build_student(name: str, dim: int = 128) -> Student:
 def eval_transform_recipe(spec: StudentSpec, input_size: int | None = None) -> dict[str, Any]:
     """JSON-able description of the eval preprocessing (stored in exports)."""
     size = input_size or spec.input_size
+    if spec.crop_pct is not None:  # timm's recipe: Resize(floor(S / crop_pct), interpolation) + CenterCrop(S)
+        return {"resize": int(math.floor(size / spec.crop_pct)), "crop": size, "mean": list(spec.mean), "std": list(spec.std),
+                "interpolation": spec.interpolation, "crop_pct": spec.crop_pct}
     return {"resize": size if size < 224 else int(round(size * 256 / 224)), "crop": size, "mean": list(spec.mean), "std": list(spec.std)}
 
 
 def build_eval_transform(recipe: dict[str, Any]) -> Callable[[Any], torch.Tensor]:
-    """Callable: PIL image -> float tensor ``(3, crop, crop)`` (RGB, resized, center-cropped, normalised)."""
+    """Callable: PIL image -> float tensor ``(3, crop, crop)`` (RGB, resized with the recipe's
+    ``interpolation`` -- bilinear when absent --, center-cropped, normalised)."""
     from torchvision import transforms as T
 
     from cache_builder.image_decode import rgb_image
 
     return T.Compose([
         T.Lambda(rgb_image),
-        T.Resize(recipe["resize"], antialias=True),
+        T.Resize(recipe["resize"], interpolation=T.InterpolationMode(recipe.get("interpolation", "bilinear")), antialias=True),
         T.CenterCrop(recipe["crop"]),
         T.ToTensor(),
         T.Normalize(recipe["mean"], recipe["std"]),

@@ -7,7 +7,9 @@ Accepted forms:
 * ``torchvision:ARCH[:WEIGHTS]`` — any torchvision classification model, classifier replaced
   by ``Identity``; WEIGHTS is a state-dict file (strict loading), random weights (seed 0)
   without it. Preprocessing: ImageNet mean/std, Resize(size * 256/224) + CenterCrop(size);
-* a student run directory or an exported ``.pth`` (``distill.export.load_student``).
+* a student run directory or an exported ``.pth`` (``distill.export.load_student``), any
+  student architecture including ``timm:<model_name>`` (its preprocessing -- mean/std,
+  interpolation, crop_pct -- is the ``eval_transform`` recipe the run or sidecar records).
 """
 
 from __future__ import annotations
