@@ -161,3 +161,33 @@ def test_an_online_run_exports_and_evaluates(setup, tmp_path) -> None:
     extract_features(FeaturesConfig(model=out, data=data, out=feats, device="cpu"))
     metrics = knn(KnnConfig(features=feats, protocol="compress", ks=(1, 20)))["metrics"]
     assert 0 <= metrics["nn"] <= 100 and 0 <= metrics["knn20"] <= 100
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_gives_the_uninterrupted_online_losses(setup, tmp_path, python_env) -> None:
+    """The CLI path: an online run killed mid-run and rerun reproduces the uninterrupted losses."""
+    import signal
+    import time
+
+    _, data, weights, _ = setup
+    reference = str(tmp_path / "reference")
+    run(online(setup, reference, epochs=3, ckpt_every=2))
+    expected = losses(reference)
+    out = str(tmp_path / "killed")
+    cmd = [sys.executable, "-m", "distill.cli", "run", "--teacher", "custom", "--teacher-arch", "resnet18", "--weights", weights,
+           "--teacher-input-size", "16", "--teacher-resize-size", "16", "--data", data, "--out", out, "--student", "tiny_cnn",
+           "--dim", "16", "--input-size", "16", "--bank-size", "48", "--batch-size", "16", "--epochs", "3", "--lr", "0.1",
+           "--lr-steps", "", "--crop-scale", "0.5,1.0", "--workers", "0", "--log-every", "1", "--ckpt-every", "2",
+           "--probe-size", "64", "--no-progress"]
+    env = {**python_env, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = os.path.join(out, "metrics.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline and (not os.path.exists(metrics) or len(losses(out)) < 7):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 7 <= len(losses(out)) < len(expected), "the kill must land mid-run"
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert losses(out) == pytest.approx(expected, rel=1e-5, abs=1e-6)

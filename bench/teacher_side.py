@@ -1,0 +1,106 @@
+"""Ablation group "teacher side" (``bench/ablation.py --groups teacher-side``): where the
+teacher's targets come from, on the demo data.
+
+Four rows, each over the given seeds, everything else the demo's distillation (micro_mobilenet
+at 32 px, 1q, a 4k queue, cosine lr 0.05), with the same student crops for all of them
+(RandomResizedCrop of scale ``--crop-scale``, default 0.08-1 as the multi-view cache draws):
+
+* online: the MobileNetV2 teacher runs every step on the student's crop (``--teacher``);
+* 1-view cache: one centre-crop embedding per image (the paper's cache);
+* K-view cache, K = 4 and 8 (``compress-cache build --views K --augment rrc``): the student
+  trains on one of the K cached crops per epoch.
+
+Reported: NN (kNN-1), kNN-20 (CompRess protocol), the fast linear probe (val top-1), the
+distillation wall time per epoch (everything: loader start, bank init, probes, checkpoints), the
+training throughput (median images/s of the steps, ``metrics.jsonl``: probes and checkpoints left
+out), and the one-off teacher cost (the cache build; online: none,
+the teacher is inside the epoch time). The paper (ImageNet, ResNet-50 -> ResNet-18 style): the
+online teacher 53.4 NN vs the 1-view cache 53.0.
+
+    python bench/ablation.py --out runs/ablation --groups teacher-side --train-per-class 200 --val-per-class 50 --epochs 4 --seeds 0,1,2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import time
+from typing import Any
+
+PAPER = "paper (ImageNet): online teacher 53.4 NN, 1-view cache 53.0 NN (-0.4), linear -0.5, cache ~3x faster"
+
+
+def _mean_sd(values: list[float], digits: int = 1) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def build_cache_views(cfg: Any, data: str, weights: str, views: int | None, out: str) -> tuple[str, float]:
+    """The demo teacher's cache of ``data`` in ``out`` (``views`` RRC views, or the centre crop);
+    returns ``(cache, build seconds)`` (0 when it was already complete)."""
+    from cache_builder.build import BuildConfig, build_cache
+    from demo.pipeline import TEACHER
+
+    start = time.perf_counter()
+    extra: dict[str, Any] = {"views": views, "augment": "rrc"} if views else {}
+    build_cache(BuildConfig(teacher=TEACHER, weights=weights, data=data, out=out, input_size=cfg.teacher_size,
+                            resize_size=cfg.teacher_size, batch_size=128, workers=cfg.distill.workers, device=cfg.distill.device,
+                            progress=False, knn=False, splits=("train",), **extra))
+    return out, time.perf_counter() - start
+
+
+def run_teacher_side(base: Any, root: str, seeds: list[int], crop_scale: tuple[float, float] = (0.08, 1.0)) -> list[str]:
+    """Train and evaluate every row; returns the markdown table lines."""
+    from demo.pipeline import TEACHER, build_teacher_cache, model_features, prepare_data
+    from demo.teacher_weights import find_teacher_weights
+    from distill.engine import run as distill_run
+    from evaluate.knn import KnnConfig, knn
+    from evaluate.linear import LinearConfig, linear
+
+    weights = find_teacher_weights(base.weights)
+    data, splits, source = prepare_data(base)
+    start = time.perf_counter()
+    one_view = build_teacher_cache(base, data, weights)  # OUT/cache: the demo's own (train + val)
+    one_view_s = time.perf_counter() - start
+    teacher = knn(KnnConfig(features=one_view, protocol="compress", ks=(1, 20)))["metrics"]
+    rows: list[tuple[str, dict[str, Any], float]] = [
+        ("online teacher", {"teacher": TEACHER, "weights": weights, "teacher_input_size": base.teacher_size,
+                            "teacher_resize_size": base.teacher_size, "cache": None}, 0.0),
+        ("1-view cache (centre crop)", {"cache": one_view}, one_view_s)]
+    for k in (4, 8):
+        cache, seconds = build_cache_views(base, data, weights, k, os.path.join(root, f"cache-{k}views"))
+        rows.append((f"{k}-view cache (rrc)", {"cache": cache}, seconds))
+    epochs = base.distill.epochs
+    n_train = len(splits["train"].labels)
+    lines = [f"{source}: {n_train} train / {len(splits['val'].labels)} val images, {epochs} epochs, student "
+             f"{base.distill.student} @{base.distill.input_size}px, crops of scale {crop_scale[0]}-{crop_scale[1]}, seeds "
+             f"{','.join(map(str, seeds))} (mean ± sd); teacher MobileNetV2 @{base.teacher_size}px NN {teacher['nn']:.1f} "
+             f"kNN-20 {teacher['knn20']:.1f}. {PAPER}.", "",
+             "| teacher side | NN | kNN-20 | linear | s / epoch | train img/s | teacher cost (cache build, s) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, overrides, cache_s in rows:
+        nn, k20, lin, per_epoch, rates = [], [], [], [], []
+        for seed in seeds:
+            tag = label.split(" ")[0].replace("-", "") + f"-seed{seed}"
+            out = os.path.join(root, "teacher-side", tag)
+            dcfg = dataclasses.replace(base.distill, data=data, out=out, seed=seed, crop_scale=crop_scale, log_every=2, **overrides)
+            t0 = time.perf_counter()
+            result = distill_run(dcfg)
+            elapsed = time.perf_counter() - t0
+            if elapsed > 1.0 or not per_epoch:  # a reused finished run reports no time
+                per_epoch.append(elapsed / max(1, result["epoch"]))
+            rates += [r["img_per_s"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "img_per_s" in r]
+            feats = model_features(out, data, os.path.join(out, "features"), base)
+            m = knn(KnnConfig(features=feats, protocol="compress", ks=(1, 20)))["metrics"]
+            nn.append(m["nn"])
+            k20.append(m["knn20"])
+            lin.append(linear(LinearConfig(features=feats, epochs=40, batch_size=256))["metrics"]["linear_top1"])
+        rate = f"{statistics.median(rates):.0f}" if rates else "n/a"
+        line = (f"| {label} | {_mean_sd(nn)} | {_mean_sd(k20)} | {_mean_sd(lin)} | {statistics.mean(per_epoch):.1f} | {rate} | "
+                f"{cache_s:.0f} |")
+        lines.append(line)
+        print(line, flush=True)
+    return lines
