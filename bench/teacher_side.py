@@ -38,6 +38,25 @@ def _mean_sd(values: list[float], digits: int = 1) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def _epochs_logged(out: str) -> int:
+    """Epochs a run directory's metrics.jsonl records as finished (0 for none)."""
+    path = os.path.join(out, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return 0
+    return max([r["epoch"] for r in map(json.loads, open(path)) if "overlap10" in r] or [0])
+
+
+def _epoch_seconds(out: str, before: int, elapsed: float) -> float:
+    """Wall seconds per epoch of the epochs trained now (kept in OUT/wall.json, so a reused
+    finished run reports the time it took when it trained; a resumed one, its last stretch)."""
+    path = os.path.join(out, "wall.json")
+    trained = _epochs_logged(out) - before
+    if trained > 0:
+        with open(path, "w") as f:
+            json.dump({"s_per_epoch": elapsed / trained, "epochs": trained}, f)
+    return float(json.load(open(path))["s_per_epoch"]) if os.path.isfile(path) else float("nan")
+
+
 def build_cache_views(cfg: Any, data: str, weights: str, views: int | None, out: str) -> tuple[str, float]:
     """The demo teacher's cache of ``data`` in ``out`` (``views`` RRC views, or the centre crop);
     returns ``(cache, build seconds)`` (0 when it was already complete)."""
@@ -87,11 +106,10 @@ def run_teacher_side(base: Any, root: str, seeds: list[int], crop_scale: tuple[f
             tag = label.split(" ")[0].replace("-", "") + f"-seed{seed}"
             out = os.path.join(root, "teacher-side", tag)
             dcfg = dataclasses.replace(base.distill, data=data, out=out, seed=seed, crop_scale=crop_scale, log_every=2, **overrides)
+            before = _epochs_logged(out)
             t0 = time.perf_counter()
-            result = distill_run(dcfg)
-            elapsed = time.perf_counter() - t0
-            if elapsed > 1.0 or not per_epoch:  # a reused finished run reports no time
-                per_epoch.append(elapsed / max(1, result["epoch"]))
+            distill_run(dcfg)
+            per_epoch.append(_epoch_seconds(out, before, time.perf_counter() - t0))
             rates += [r["img_per_s"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "img_per_s" in r]
             feats = model_features(out, data, os.path.join(out, "features"), base)
             m = knn(KnnConfig(features=feats, protocol="compress", ks=(1, 20)))["metrics"]

@@ -182,12 +182,12 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_online_losses(setup, tmp_pat
     env = {**python_env, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     metrics = os.path.join(out, "metrics.jsonl")
-    deadline = time.time() + 120
-    while time.time() < deadline and (not os.path.exists(metrics) or len(losses(out)) < 7):
+    deadline = time.time() + 600  # generous: a loaded machine starts the subprocess slowly
+    while time.time() < deadline and (not os.path.exists(metrics) or len(losses(out)) < 3):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 7 <= len(losses(out)) < len(expected), "the kill must land mid-run"
+    assert 3 <= len(losses(out)) < len(expected), "the kill must land mid-run (after the step-2 checkpoint)"
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert losses(out) == pytest.approx(expected, rel=1e-5, abs=1e-6)
