@@ -38,6 +38,12 @@ def _mean_sd(values: list[float], digits: int = 1) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def _finite_mean(values: list[float]) -> float:
+    """Mean of the finite values (a run that reports no time is left out); nan if none."""
+    finite = [v for v in values if v == v]
+    return statistics.mean(finite) if finite else float("nan")
+
+
 def _epochs_logged(out: str) -> int:
     """Epochs a run directory's metrics.jsonl records as finished (0 for none)."""
     path = os.path.join(out, "metrics.jsonl")
@@ -133,7 +139,7 @@ def run_teacher_side(base: Any, root: str, seeds: list[int], crop_scale: tuple[f
             k20.append(m["knn20"])
             lin.append(linear(LinearConfig(features=feats, epochs=40, batch_size=256))["metrics"]["linear_top1"])
         rate = f"{statistics.median(rates):.0f}" if rates else "n/a"
-        line = (f"| {label} | {_mean_sd(nn)} | {_mean_sd(k20)} | {_mean_sd(lin)} | {statistics.mean(per_epoch):.1f} | {rate} | "
+        line = (f"| {label} | {_mean_sd(nn)} | {_mean_sd(k20)} | {_mean_sd(lin)} | {_finite_mean(per_epoch):.1f} | {rate} | "
                 f"{cache_s:.0f} |")
         lines.append(line)
         print(line, flush=True)
