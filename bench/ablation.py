@@ -91,12 +91,20 @@ def main() -> None:
     p.add_argument("--train-per-class", type=int, default=None, help="balanced subset size (default: the demo's)")
     p.add_argument("--val-per-class", type=int, default=None)
     p.add_argument("--groups", default="bank,temperature,variant,teacher",
-                   help="comma-separated: default, bank, temperature, variant (includes static), static, teacher, student")
+                   help="comma-separated: default, bank, temperature, variant (includes static), static, teacher, student, "
+                        "teacher-side (online teacher vs 1-, 4- and 8-view caches: bench/teacher_side.py)")
     p.add_argument("--seeds", default="0", help="comma-separated distillation seeds; each row reports the mean (and the range) over them")
     p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=2, help="teacher-side group: DataLoader workers (0 on a small shared CPU)")
     p.add_argument("--markdown", default=None, help="also write the table here (default OUT/ablation.md)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    groups = args.groups.split(",")
+    if "teacher-side" in groups:
+        teacher_side(args)
+        groups.remove("teacher-side")
+        if not groups:
+            return
 
     base = DemoConfig(out=args.out, full=args.full)
     base = apply(base, {"device": args.device, "progress": False, **({"epochs": args.epochs} if args.epochs else {})})
@@ -128,7 +136,7 @@ def main() -> None:
              f"| teacher | MobileNetV2 @{base.teacher_size}px | 2.22M | | {teacher['nn']:.1f} | {teacher['knn20']:.1f} | 1.000 | | |"]
     seen: dict[str, str] = {}
     seeds = [int(x) for x in args.seeds.split(",")]
-    for group, overrides in settings(n_train, args.groups.split(",")):
+    for group, overrides in settings(n_train, groups):
         cfg = apply(base, overrides)
         d = cfg.distill
         data, cache, teacher = teacher_cache(cfg.teacher_size)
@@ -169,6 +177,22 @@ def main() -> None:
         f.write(f"{source}: {n_train} train images, {base.distill.epochs} epochs, student {base.distill.student} @{base.distill.input_size}px, "
                 f"distillation seeds {args.seeds}\n\n{table}\n")
     print(table)
+    print(f"written to {path}")
+
+
+def teacher_side(args: argparse.Namespace) -> None:
+    """The "teacher side" group (``bench/teacher_side.py``), its table in OUT/ablation-teacher-side.md."""
+    from bench.teacher_side import run_teacher_side
+    from demo.config import DemoConfig, demo_distill_config
+
+    changes = {"epochs": args.epochs} if args.epochs else {}
+    subset = {f: getattr(args, f) for f in ("train_per_class", "val_per_class") if getattr(args, f)}
+    base = DemoConfig(out=args.out, full=args.full, **subset, distill=demo_distill_config(device=args.device, progress=False, workers=args.workers, **changes))
+    lines = run_teacher_side(base, args.out, [int(x) for x in args.seeds.split(",")])
+    path = os.path.join(args.out, "ablation-teacher-side.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
     print(f"written to {path}")
 
 

@@ -47,6 +47,9 @@ _DEFAULT_VARIANT = next(f.default for f in dataclasses.fields(DistillConfig) if 
 def run(variant: str | None, **params: Any) -> None:
     """Train a student (resumes automatically when --out holds the same run).
 
+    From a teacher cache (--cache, default ./cache), or with --teacher NAME --weights FILE
+    --data DIR the frozen teacher runs online on every step's student crops (no cache).
+
     The defaults are the paper's recipe: 130 epochs of SGD at lr 0.01, x0.2 at epochs 90 and
     120; with another --epochs (and no --lr-steps) the milestones scale with it (90/130 and
     120/130 of the run). The resolved schedule is printed at the start and saved in
@@ -58,7 +61,8 @@ def run(variant: str | None, **params: Any) -> None:
     chosen = variant or ("1q" if params.get("bank") == "static-faiss" else _DEFAULT_VARIANT)
     resolved = resolve_config(config_from_params(DistillConfig, params, variant=chosen))
     if _is_rank_zero():
-        click.echo(f"student {resolved.student} ({resolved.variant}, bank {resolved.bank}), data {resolved.data}, out {resolved.out}")
+        source = f"online teacher {resolved.teacher} ({resolved.weights})" if resolved.teacher else f"cache {resolved.cache}"
+        click.echo(f"student {resolved.student} ({resolved.variant}, bank {resolved.bank}), {source}, data {resolved.data}, out {resolved.out}")
         click.echo(resolved.schedule_summary())
     result = run_engine(resolved)
     if _is_rank_zero():

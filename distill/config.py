@@ -28,19 +28,36 @@ DECODERS = ("cpu", "gpu")  # where JPEGs are decoded (distill.decode)
 SCHEDULES = ("step", "cosine")
 PAPER_EPOCHS = 130
 PAPER_LR_STEPS = (90, 120)  # milestones of the paper's 130-epoch run; scaled to --epochs when --lr-steps is not given
-# fields that do not change what is trained, so they may differ on resume (the cache and data
-# paths included: their contents are part of the run identity, distill.run_identity)
-RUNTIME_FIELDS = ("cache", "data", "out", "workers", "prefetch_factor", "log_every", "ckpt_every", "max_steps", "device",
-                  "compile", "fresh", "progress", "shared_cache", "trust_data", "verify_load", "image_column", "label_column")
+# fields that do not change what is trained, so they may differ on resume (the cache, weights and
+# data paths included: their contents are part of the run identity, distill.run_identity)
+RUNTIME_FIELDS = ("cache", "weights", "data", "out", "workers", "prefetch_factor", "log_every", "ckpt_every", "max_steps", "device",
+                  "compile", "fresh", "progress", "shared_cache", "trust_data", "verify_load", "image_column",
+                  "label_column")
+# the online teacher's options: part of the identity of an online run only (a cached run's
+# identity is what it was before they existed, so its checkpoints still resume)
+ONLINE_FIELDS = ("teacher", "teacher_arch", "teacher_prefix", "teacher_embed_layer", "teacher_input_size", "teacher_resize_size")
 
 
 @dataclass(frozen=True)
 class DistillConfig:
     """Everything a distillation run depends on (defaults = the paper's recipe, module doc)."""
 
-    cache: str = setting("./cache", "Teacher cache directory (from compress-cache build).")
+    cache: str | None = setting(None, "Teacher cache directory (from compress-cache build) [default: ./cache unless "
+                                      "--teacher is given].")
+    teacher: str | None = setting(None, "Online teacher instead of a cache: a compress-cache list-teachers name (or custom "
+                                        "with --teacher-arch), run every step on the student's crops (docs/distill.md, "
+                                        "'Online teacher').")
+    weights: str | None = setting(None, "--teacher's local weights file [default: $COMPRESS_HOME/weights/<teacher>.pth].")
+    teacher_arch: str | None = setting(None, "--teacher custom: a torchvision model name.")
+    teacher_prefix: str = setting("", "--teacher custom: key prefix to strip (e.g. module.backbone.).")
+    teacher_embed_layer: str | None = setting(None, "--teacher custom: submodule whose (pooled) output is the embedding.")
+    teacher_input_size: int | None = setting(None, "--teacher's input size (the student's crops are resized to it) "
+                                                   "[default: the teacher spec's, 224].")
+    teacher_resize_size: int | None = setting(None, "--teacher's resize before its centre crop for the reference views "
+                                                    "(bank init, probes) [default: teacher input size x 256/224].")
     data: str | None = setting(None, "Images the cache was built from: image root, file list, tar shards or Parquet files "
-                                     "(directory, brace pattern or fsspec URL) [default: recorded in the cache manifest].")
+                                     "(directory, brace pattern or fsspec URL) [default: recorded in the cache manifest; "
+                                     "required with --teacher].")
     out: str | None = setting(None, "Run directory [default: ./runs/<student>-from-<teacher>].")
     student: str = setting("resnet18", "Student architecture: see compress-distill list-students (or any torchvision "
                                        "classification model name, or any timm model as timm:<name>).")
@@ -142,6 +159,28 @@ class DistillConfig:
                 raise UsageError(f"--random-anchors must be >= 0, got {self.random_anchors}")
         if not self.student:
             raise UsageError("--student must name an architecture (see compress-distill list-students)")
+        self._validate_teacher()
+
+    def _validate_teacher(self) -> None:
+        """The online-teacher options: ``--teacher`` excludes ``--cache`` (and the options that
+        read one); ``--weights`` and the ``--teacher-*`` options need ``--teacher``."""
+        if self.teacher is None:
+            given = [f"--{n.replace('_', '-')}" for n in ("weights", "teacher_arch", "teacher_embed_layer", "teacher_input_size",
+                                                          "teacher_resize_size") if getattr(self, n) is not None]
+            if self.teacher_prefix:
+                given.append("--teacher-prefix")
+            if given:
+                raise UsageError(f"{', '.join(given)} apply to an online teacher only: pass --teacher NAME too (or drop them)")
+            return
+        if self.cache is not None:
+            raise UsageError(f"--cache {self.cache} and --teacher {self.teacher} are mutually exclusive: train from the cache "
+                             "(drop --teacher) or run the teacher online (drop --cache)")
+        if self.bank == "static-faiss":
+            raise UsageError("--bank static-faiss searches the cached train split for neighbours and needs --cache; "
+                             "with --teacher use --bank queue")
+        for name in ("teacher_input_size", "teacher_resize_size"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -190,16 +229,21 @@ def check_output_dir(out: str) -> None:
 
 
 def resolve_config(cfg: DistillConfig) -> DistillConfig:
-    """Validate ``cfg`` and fill what follows from the cache and the run: ``data`` (the cache
-    manifest's data root), ``out`` (``./runs/<student>-from-<teacher>``) and ``lr_steps``
-    (``milestones()``). Raises ``UsageError``/``StoreError`` before any file is written."""
+    """Validate ``cfg`` and fill what follows from the cache and the run: ``cache``
+    (``./cache`` without ``--teacher``), ``data`` (the cache manifest's data root), ``out``
+    (``./runs/<student>-from-<teacher>``), ``weights`` (an online teacher's default path) and
+    ``lr_steps`` (``milestones()``). Raises ``UsageError``/``StoreError`` before any file is written."""
     from distill.students import get_student_spec
     from distill.targets import train_store_path
     from storage import open_store
 
     cfg.validate()
     get_student_spec(cfg.student)  # an unknown name fails here, with suggestions
-    store = open_store(train_store_path(cfg.cache))
+    if cfg.teacher is not None:
+        return _resolve_online(cfg)
+    if cfg.cache is None:
+        cfg = dataclasses.replace(cfg, cache="./cache")
+    store = open_store(train_store_path(cfg.cache or ""))
     changes: dict[str, Any] = {"lr_steps": cfg.milestones()}
     if cfg.data is None:
         data_root = store.provenance.get("data_root")
@@ -215,4 +259,23 @@ def resolve_config(cfg: DistillConfig) -> DistillConfig:
 
     if not location_exists(resolved.data or ""):
         raise UsageError(f"--data {resolved.data}: no such file or directory")
+    return resolved
+
+
+def _resolve_online(cfg: DistillConfig) -> DistillConfig:
+    """``resolve_config`` for ``--teacher``: the teacher's spec checked (name, ``custom``
+    options, sizes), ``--data`` required, ``weights`` and ``out`` defaulted."""
+    from cache_builder.teachers import default_weights_path
+    from distill.online_teacher import teacher_spec
+
+    spec = teacher_spec(cfg)
+    if cfg.data is None:
+        raise UsageError(f"--teacher {cfg.teacher}: pass --data (the image root; without a cache there is no recorded one)")
+    changes: dict[str, Any] = {"lr_steps": cfg.milestones(), "weights": cfg.weights or default_weights_path(spec.name)}
+    if cfg.out is None:
+        changes["out"] = os.path.join("runs", f"{cfg.student}-from-{spec.name}-online")
+    resolved = dataclasses.replace(cfg, **changes)
+    check_output_dir(resolved.out or ".")
+    if not os.path.isdir(resolved.data or ""):
+        raise UsageError(f"--data {resolved.data}: no such directory")
     return resolved

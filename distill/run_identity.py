@@ -1,9 +1,11 @@
 """A run's identity: what makes two invocations the same run (so the second one resumes).
 
-The identity is every non-runtime field of the resolved ``DistillConfig`` (``lr_steps`` as
+The identity is every non-runtime field of the resolved ``DistillConfig`` (the online-teacher
+fields only for an online run; ``lr_steps`` as
 resolved, ``decode`` and ``bank_dtype`` as they actually run: GPU decoding gives slightly
 different pixels, and ``auto`` precisions differ by machine), the cache's content fingerprint
-(``Store.content_fingerprint``) and the data listing's fingerprint. Its ``fingerprint`` is a
+(``Store.content_fingerprint``; for an online teacher, ``OnlineTeacher.fingerprint``: teacher,
+weights sha256, preprocessing) and the data listing's fingerprint. Its ``fingerprint`` is a
 hash of all three; a refused resume names the options that differ.
 """
 
@@ -14,7 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from distill.config import RUNTIME_FIELDS, DistillConfig
+from distill.config import ONLINE_FIELDS, RUNTIME_FIELDS, DistillConfig
 from storage.errors import CompressError
 
 
@@ -33,7 +35,8 @@ class RunIdentity:
     @classmethod
     def of(cls, cfg: DistillConfig, cache: str, data: str, *, decode: str, bank_dtype: str) -> RunIdentity:
         """The identity of resolved ``cfg`` run with decoder ``decode`` and bank precision ``bank_dtype``."""
-        fields = {k: v for k, v in cfg.to_json().items() if k not in RUNTIME_FIELDS}
+        skip = RUNTIME_FIELDS + (ONLINE_FIELDS if cfg.teacher is None else ())
+        fields = {k: v for k, v in cfg.to_json().items() if k not in skip}
         fields.update(decode=decode, bank_dtype=bank_dtype)
         return cls(json.loads(json.dumps(fields, default=str)), cache, data)  # tuples as lists, as stored
 
@@ -59,7 +62,8 @@ class RunIdentity:
             if old != new:
                 out.append(f"--{key.replace('_', '-')}: {_show(old)} in the run, {_show(new)} now")
         if self.cache != now.cache:
-            out.append(f"cache contents: {self.cache[:19]}... in the run, {now.cache[:19]}... now")
+            what = "teacher" if self.cache.startswith("online:") or now.cache.startswith("online:") else "cache contents"
+            out.append(f"{what}: {self.cache[:26]}... in the run, {now.cache[:26]}... now")
         if self.data != now.data:
             out.append(f"data listing: {self.data[:19]}... in the run, {now.data[:19]}... now")
         return out

@@ -63,6 +63,20 @@ class TeacherTargets:
     def views(self) -> int | None:
         return self.embeddings.shape[1] if self.embeddings.dim() == 3 else None
 
+    @property
+    def fingerprint(self) -> str:
+        """The store's content fingerprint (the run identity's teacher side)."""
+        return self.store.content_fingerprint()
+
+    @property
+    def teacher_name(self) -> str:
+        return str(self.store.provenance.get("teacher", "unknown"))
+
+    def for_batch(self, images: torch.Tensor, rows: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
+        """The teacher targets of one training batch: ``gather(rows, views)`` (``images``, the
+        student's crops, are what ``distill.online_teacher.OnlineTeacher`` embeds instead)."""
+        return self.gather(rows, views)
+
     def gather(self, rows: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
         """``(B,)`` dataset rows (and ``(B,)`` view indices of a multi-view cache) ->
         ``(B, D_t)`` float32 teacher embeddings on ``device``.

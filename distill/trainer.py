@@ -28,14 +28,16 @@ from torch.utils.data import DataLoader
 
 from cache_builder import distributed as D
 from cache_builder.devices import resolve_device
-from distill.checkpoint import CHECKPOINT, FORMAT, capture_rng_state, load_checkpoint, restore_rng_state, save_atomic
+from distill.checkpoint import CHECKPOINT
 from distill.config import DistillConfig
 from distill.data import AugmentedImages, ReferenceImages, normalise
 from distill.decode import GpuViewDecoder, collate_encoded
 from distill.metrics import OVERLAP_K, MetricsLog, TrainingClock, neighbour_agreement, plot_loss_curve
 from distill.objective import CompRessObjective, QueryNetwork
+from distill.online_teacher import OnlineTeacher, load_online_teacher
 from distill.precision import autocast, dtype_name, previous_bank_dtype, resolve_bank_dtype, resolve_decode
-from distill.run_identity import RunIdentity, RunMismatchError
+from distill.run_checkpoint import CheckpointedRun
+from distill.run_identity import RunIdentity
 from distill.sampler import EpochBatchSampler
 from distill.schedule import learning_rate
 from distill.static_support import StaticSupportObjective
@@ -47,27 +49,29 @@ from storage.errors import UsageError
 log = logging.getLogger(__name__)
 
 
-def build_trainer(cfg: DistillConfig, targets: TeacherTargets | None = None) -> Trainer:
+def build_trainer(cfg: DistillConfig, targets: TeacherTargets | OnlineTeacher | None = None) -> Trainer:
     """A ready ``Trainer`` for validated ``cfg``: device resolved (``--device``), the process
-    group joined under torchrun, the cache loaded (or ``targets`` used as they are: the
-    benchmark's synthetic rows)."""
+    group joined under torchrun, the cache loaded, or the online teacher (``--teacher``,
+    ``distill.online_teacher``), or ``targets`` used as they are (the benchmark's synthetic rows)."""
     cfg.validate()
     device = resolve_device(cfg.device)
     D.init_from_env(device)
-    if targets is None:
-        targets = load_targets(cfg.cache, cfg.data or "", device, shared=cfg.shared_cache, trust_data=cfg.trust_data,
-                               image_column=cfg.image_column, label_column=cfg.label_column,
-                               verify_load=cfg.verify_load)
+    if targets is None and cfg.teacher is not None:
+        targets = load_online_teacher(cfg, device)
+    elif targets is None:
+        targets = load_targets(cfg.cache or "./cache", cfg.data or "", device, shared=cfg.shared_cache, trust_data=cfg.trust_data,
+                               image_column=cfg.image_column, label_column=cfg.label_column, verify_load=cfg.verify_load)
     return Trainer(cfg, targets, device)
 
 
-class Trainer:
-    """State of one run; ``train()`` runs it to the end (or to ``max_steps``)."""
+class Trainer(CheckpointedRun):
+    """State of one run; ``train()`` runs it to the end (or to ``max_steps``). ``targets``: the
+    cache's rows, or an ``OnlineTeacher`` that embeds each batch's crops (same interface)."""
 
-    def __init__(self, cfg: DistillConfig, targets: TeacherTargets, device: torch.device) -> None:
+    def __init__(self, cfg: DistillConfig, targets: TeacherTargets | OnlineTeacher, device: torch.device) -> None:
         self.cfg, self.targets, self.device = cfg, targets, device
         self.decode = resolve_decode(cfg.decode, device)
-        if targets.views is not None:
+        if isinstance(targets, TeacherTargets) and targets.views is not None:
             log.info("%s: %d-view cache: each image's student crop is one of its cached views, picked per epoch "
                      "(--crop-scale is not used)", targets.store.path, targets.views)
         n = len(targets.images)
@@ -118,36 +122,25 @@ class Trainer:
         between the ranks under torchrun)."""
         from distill.neighbours import ensure_neighbours
 
+        assert isinstance(self.targets, TeacherTargets), "--bank static-faiss needs a cache (DistillConfig.validate)"
         emb = self.targets.embeddings
         if emb.device.type != self.device.type:  # the cache stayed in host memory
             raise UsageError(
                 f"--bank static-faiss gathers B x K teacher vectors per step and needs the cache on the GPU, but "
                 f"{self.targets.store.path} ({emb.numel() * emb.element_size() / 1e9:.1f} GB) does not fit in half of its free "
                 "memory; use --bank queue, or a GPU with more memory")
-        table = ensure_neighbours(train_store_path(self.cfg.cache), self.cfg.neighbours, shard=(D.rank(), D.world_size()), barrier=D.barrier)
+        table = ensure_neighbours(train_store_path(self.cfg.cache or "./cache"), self.cfg.neighbours, shard=(D.rank(), D.world_size()), barrier=D.barrier)
         rows = torch.from_numpy(table.rows).to(self.device)
         return StaticSupportObjective(emb, rows, self.cfg.dim, self.cfg.random_anchors, self.cfg.t_teacher,
                                       self.cfg.t_student, self.cfg.seed, compute_dtype, self.cfg.tail_correction).to(self.device)
 
     @property
-    def out(self) -> str:
-        return self.cfg.out or "."
-
-    @property
     def identity(self) -> RunIdentity:
         """This run's identity (``distill.run_identity``), computed once."""
         if self._identity is None:
-            self._identity = RunIdentity.of(self.cfg, self.targets.store.content_fingerprint(), self.targets.images.fingerprint(),
+            self._identity = RunIdentity.of(self.cfg, self.targets.fingerprint, self.targets.images.fingerprint(),
                                             decode=self.decode, bank_dtype=self.bank_dtype)
         return self._identity
-
-    @property
-    def fingerprint(self) -> str:
-        return self.identity.fingerprint
-
-    @property
-    def finished(self) -> bool:
-        return self.epoch >= self.cfg.epochs
 
     # ---- inputs and reference embeddings ---------------------------------------------------
     def _loader(self, dataset: Any, batches: Any, persistent: bool = False, collate_fn: Any = None) -> DataLoader:
@@ -206,71 +199,6 @@ class Trainer:
         assert isinstance(self.objective, CompRessObjective), "only queue banks are filled from reference views"
         self.objective.fill(self.targets.reference(rows), key, rows.to(self.device))
 
-    # ---- checkpoints ----------------------------------------------------------------------
-    def state(self, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
-        """The checkpoint (``distill.checkpoint``); ``rng_states`` holds every rank's random states."""
-        import json
-
-        return {
-            "format": FORMAT, "fingerprint": self.fingerprint, "identity": self.identity.to_json(),
-            "config": json.dumps(self.cfg.to_json(), default=str), "student_name": self.cfg.student,
-            "student": self.student.state_dict(),
-            "key_student": self.key_student.state_dict() if self.key_student is not None else {},
-            "objective": self.objective.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "rng": rng_states, "world_size": self.world, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step, "finished": self.finished,
-            "teacher": str(self.targets.store.provenance.get("teacher", "unknown")), "input_size": self.input_size,
-        }
-
-    def replicated_tensors(self) -> dict[str, torch.Tensor]:
-        """Tensors every rank must hold identically: banks (anchors, pointers, row ids), the 1q
-        projection, the student's and the key student's parameters. (BN running statistics are
-        left out: each rank updates them from its own batch after rank 0's are broadcast.)"""
-        # (a module's non-tensor extra state, e.g. the static support's step counter, is skipped)
-        out = {f"objective.{k}": v for k, v in self.objective.state_dict().items() if isinstance(v, torch.Tensor)}
-        out.update({f"student.{k}": v for k, v in self.student.named_parameters()})
-        if self.key_student is not None:
-            out.update({f"key_student.{k}": v for k, v in self.key_student.named_parameters()})
-        return out
-
-    def save(self) -> None:
-        """Check the ranks agree, then write the checkpoint atomically (rank 0 only)."""
-        D.check_same_across_ranks(self.replicated_tensors())
-        rng_states = D.all_gather_object(capture_rng_state())
-        if D.rank() == 0:
-            save_atomic(self.state(rng_states), os.path.join(self.out, CHECKPOINT))
-        D.barrier()
-
-    def try_resume(self) -> bool:
-        """Load ``out``'s checkpoint if it is this run's; False when there is none (or ``--fresh``).
-
-        Raises:
-            RunMismatchError: it is another run's (naming the options that differ) or was
-                written with another number of processes.
-        """
-        path = os.path.join(self.out, CHECKPOINT)
-        if self.cfg.fresh or not os.path.exists(path):
-            return False
-        ckpt = load_checkpoint(path)
-        if ckpt["fingerprint"] != self.fingerprint:
-            differences = RunIdentity.from_json(ckpt["identity"]).differences(self.identity)
-            raise RunMismatchError(
-                f"{self.out} holds a run with a different config or cache ({'; '.join(differences) or 'fingerprint ' + ckpt['fingerprint']}); "
-                "use another --out, or --fresh to start over there")
-        saved_world = int(ckpt["world_size"])
-        if saved_world != self.world:
-            raise RunMismatchError(
-                f"{path} was written by a run with {saved_world} processes and this one has {self.world}; the global batch and "
-                f"the data order depend on it. Resume with {saved_world} processes, or use another --out (or --fresh)")
-        self.student.load_state_dict(ckpt["student"])
-        if self.key_student is not None:
-            self.key_student.load_state_dict(ckpt["key_student"])
-        self.objective.load_state_dict(ckpt["objective"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        restore_rng_state(ckpt["rng"][D.rank()])
-        self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
-        return True
-
     # ---- training ---------------------------------------------------------------------------
     def train_step(self, images: torch.Tensor, rows: torch.Tensor, views: torch.Tensor, lr: float) -> torch.Tensor:
         """One SGD step on this rank's batch; returns the (device) loss.
@@ -283,10 +211,11 @@ class Trainer:
         """
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        images = images.to(self.device, non_blocking=True)
         x = self._to_input(images)
         # rows and views as the loader gives them (pinned on CUDA): the copies are asynchronous,
         # so the host never waits for the previous step here (a blocking copy would synchronise)
-        teacher = self.targets.gather(rows, views)
+        teacher = self.targets.for_batch(images, rows, views)  # cached rows, or the online teacher on these crops
         rows = rows.to(self.device, non_blocking=True)
         with self._autocast():
             student_out, query = self.model(x)
