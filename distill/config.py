@@ -189,7 +189,7 @@ class DistillConfig:
         """The step schedule's epochs: ``lr_steps``, or the paper's scaled to ``epochs`` when unset."""
         if self.lr_steps is not None:
             return tuple(int(s) for s in self.lr_steps)
-        return tuple(max(1, round(self.epochs * s / PAPER_EPOCHS)) for s in PAPER_LR_STEPS)
+        return tuple(sorted({max(1, round(self.epochs * s / PAPER_EPOCHS)) for s in PAPER_LR_STEPS}))  # short runs: 1,1 -> 1
 
     def schedule_summary(self) -> str:
         """One line describing the learning-rate schedule this config trains with."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -109,6 +110,10 @@ def test_lr_milestones_follow_the_number_of_epochs() -> None:
     assert learning_rate(short, 19, 0, 10) == pytest.approx(0.0004)
     assert DistillConfig(epochs=20, lr_steps=()).milestones() == ()
     assert DistillConfig(epochs=20, lr_steps=(5,)).milestones() == (5,)
+    # a 1-epoch run scaled both milestones to epoch 1 and then refused its own resolved (1, 1)
+    one = DistillConfig(epochs=1)
+    assert one.milestones() == (1,)
+    dataclasses.replace(one, lr_steps=one.milestones()).validate()
 
 
 def test_registered_students_counts_match_the_networks() -> None:
