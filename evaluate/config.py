@@ -22,6 +22,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 SEARCH_BACKENDS = ("auto", "faiss", "torch")
 DEVICE_HELP = "auto (this process's GPU when CUDA is available, else cpu), cpu, cuda or cuda:N."
 DEFAULT_FEATURES = "cache"
+TIE_BREAKS = ("random", "nearest")  # distill.knn_vote.TIE_BREAKS (not imported here: no torch at --help)
 
 
 def _positive(cfg: Any, *names: str) -> None:
@@ -85,6 +86,10 @@ class KnnConfig:
                             choices=tuple(PROTOCOLS))
     ks: tuple[int, ...] = setting((), "Neighbour counts, e.g. -k 1,20 or -k 1 -k 20 (default: the protocol's).", cli=False)
     temperature: float = setting(0.07, "DINO vote temperature (votes weighted by exp(similarity / T)).")
+    tie_break: str = setting("random", "compress protocol's majority ties: random (the official rule: uniform among the "
+                                       "top-voted classes, seeded by --seed) or nearest (the nearest neighbour's class).",
+                             choices=TIE_BREAKS)
+    seed: int = setting(0, "Seed of the random tie-break (and of the --fraction/--shots label subset).")
     backend: str = setting("auto", "Search backend: auto (FAISS on CPU or with faiss-gpu, else torch), faiss or torch.",
                            choices=SEARCH_BACKENDS)
     device: str = setting("auto", "Search device: " + DEVICE_HELP)
@@ -98,6 +103,7 @@ class KnnConfig:
     def validate(self) -> None:
         _known("--protocol", self.protocol, tuple(PROTOCOLS), "protocol")
         _known("--backend", self.backend, SEARCH_BACKENDS, "search backend")
+        _known("--tie-break", self.tie_break, TIE_BREAKS, "tie-break")
         if any(k < 1 for k in self.ks):
             raise UsageError(f"-k: every k must be >= 1, got {','.join(map(str, self.ks))}")
         if self.temperature <= 0:
