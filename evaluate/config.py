@@ -32,6 +32,22 @@ def _positive(cfg: Any, *names: str) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
+def _check_subset(cfg: Any) -> None:
+    """The few-label options (``evaluate.label_subset.select_train_rows``): at most one, valid."""
+    given = [f"--{n.replace('_', '-')}" for n in ("fraction", "shots", "subset_file") if getattr(cfg, n) is not None]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)}: give one, not several")
+    if cfg.fraction is not None and not 0 < cfg.fraction <= 1:
+        raise UsageError(f"--fraction must be in (0, 1], got {cfg.fraction}")
+    _positive(cfg, "shots")
+    if cfg.subset_file is not None and not os.path.isfile(cfg.subset_file):
+        raise UsageError(f"--subset-file {cfg.subset_file}: no such file")
+
+
+SUBSET_FILE_HELP = ("Labelled train subset: one image per line, a path relative to the train root or (SimCLR's "
+                    "1percent.txt / 10percent.txt) a file name.")
+
+
 def _known(option: str, value: str, known: tuple[str, ...] | list[str], kind: str) -> None:
     if value not in known:
         raise UsageError(f"{option}: " + unknown_name(kind, value, list(known)))
@@ -96,6 +112,9 @@ class KnnConfig:
     query_block: int | None = setting(None, "Queries per search block (default: 1024 torch, 8192 faiss).")
     database_block: int = setting(131072, "Train rows per search block.")
     stream: bool = setting(False, "Stream the train rows from their store shard by shard instead of loading them.")
+    fraction: float | None = setting(None, "Few-label kNN: class-balanced, seeded fraction of the train labels (e.g. 0.01, 0.1).")
+    shots: int | None = setting(None, "Few-label kNN: labelled train images per class (seeded).")
+    subset_file: str | None = setting(None, SUBSET_FILE_HELP)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -109,6 +128,7 @@ class KnnConfig:
         if self.temperature <= 0:
             raise UsageError(f"--temperature must be > 0, got {self.temperature}")
         _positive(self, "query_block", "database_block")
+        _check_subset(self)
 
     @property
     def resolved_ks(self) -> tuple[int, ...]:
@@ -121,7 +141,8 @@ class LinearConfig:
 
     ``fast`` trains on cached features (protocol ``compress-fast``); ``fast=False`` is the
     augmented protocol (``compress``), which needs ``model``, ``data`` and ``checkpoint`` (its
-    resume file). ``fraction`` / ``shots``: a class-balanced, seeded few-label subset of train.
+    resume file). ``fraction`` / ``shots`` / ``subset_file``: a few-label subset of train
+    (``evaluate.label_subset.select_train_rows``).
     """
 
     features: str
@@ -135,6 +156,7 @@ class LinearConfig:
     batch_size: int = setting(256, "Probe training batch size.", flag="--train-batch-size")
     fraction: float | None = setting(None, "Class-balanced fraction of train labels (e.g. 0.01, 0.1).")
     shots: int | None = setting(None, "Labelled train images per class.")
+    subset_file: str | None = setting(None, SUBSET_FILE_HELP)
     seed: int = setting(0, "Seed of the label subset, the initialisation and the batch order.")
     device: str = setting("auto", "Probe training device: " + DEVICE_HELP)
     model: str | None = setting(None, "Backbone of the augmented protocol (from --model).", cli=False)
@@ -152,15 +174,12 @@ class LinearConfig:
                 "--full: the augmented linear protocol (RandomResizedCrop + flip through the frozen backbone) "
                 "needs --model and --data (and a checkpoint path); use --fast for cached features"
             )
-        _positive(self, "epochs", "batch_size", "shots")
+        _positive(self, "epochs", "batch_size")
+        _check_subset(self)
         if self.lr <= 0:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0:
             raise UsageError(f"--momentum must be in [0, 1) and --weight-decay >= 0, got {self.momentum} and {self.weight_decay}")
-        if self.fraction is not None and self.shots is not None:
-            raise UsageError("--fraction and --shots: give one, not both")
-        if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise UsageError(f"--fraction must be in (0, 1], got {self.fraction}")
 
 
 @dataclass(frozen=True)

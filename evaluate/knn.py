@@ -100,21 +100,32 @@ def knn(cfg: KnnConfig) -> dict:
     """Run a kNN evaluation on a features directory; returns a result record (see
     ``evaluate.results``)."""
     from evaluate.feature_set import iter_store_blocks, load_feature_set
+    from evaluate.label_subset import select_train_rows
     from evaluate.results import make_result
 
     start = time.perf_counter()
     backend, device = resolve_backend(cfg.backend, cfg.device, k=max(cfg.resolved_ks))
     fs = load_feature_set(cfg.features, load_train=not cfg.stream)
+    few = any(v is not None for v in (cfg.fraction, cfg.shots, cfg.subset_file))
+    subset_record = None
+    train_labels = fs.train.labels
+    rows = None
+    if few:
+        rows, subset_record = select_train_rows(fs.train.labels, fs.train.paths, fraction=cfg.fraction, shots=cfg.shots,
+                                                subset_file=cfg.subset_file, seed=cfg.seed)
+        train_labels = fs.train.labels[rows]
     if cfg.stream:
-        if max(cfg.resolved_ks) > fs.train.n:
-            raise FeatureError(f"k = {max(cfg.resolved_ks)} is larger than the train set ({fs.train.n} rows)")
-        sims, idx = search(fs.val.rows, iter_store_blocks(fs.train.source), max(cfg.resolved_ks),
+        if max(cfg.resolved_ks) > len(train_labels):
+            raise FeatureError(f"k = {max(cfg.resolved_ks)} is larger than the train set ({len(train_labels)} rows)")
+        blocks = iter_store_blocks(fs.train.source) if rows is None else _subset_blocks(iter_store_blocks(fs.train.source), rows)
+        sims, idx = search(fs.val.rows, blocks, max(cfg.resolved_ks),
                            metric=PROTOCOLS[cfg.protocol]["metric"], backend=backend, device=device, query_block=cfg.query_block)
-        metrics = score_neighbours(sims, idx, fs.train.labels, fs.val.labels, protocol=cfg.protocol,
+        metrics = score_neighbours(sims, idx, train_labels, fs.val.labels, protocol=cfg.protocol,
                                    ks=cfg.resolved_ks, temperature=cfg.temperature, tie_break=cfg.tie_break, seed=cfg.seed)
     else:
+        train_rows = fs.train.rows if rows is None else fs.train.rows[rows]
         metrics = knn_classify(
-            fs.train.rows, fs.train.labels, fs.val.rows, fs.val.labels,
+            train_rows, train_labels, fs.val.rows, fs.val.labels,
             protocol=cfg.protocol, ks=cfg.resolved_ks, temperature=cfg.temperature, tie_break=cfg.tie_break, seed=cfg.seed,
             backend=backend, device=device,
             query_block=cfg.query_block, database_block=cfg.database_block,
@@ -125,7 +136,21 @@ def knn(cfg: KnnConfig) -> dict:
     else:
         params.pop("tie_break")
     params["ks"] = list(cfg.resolved_ks)
+    params["train_rows_used"] = int(len(train_labels))
+    if subset_record is not None:
+        params["label_subset"] = subset_record
     return make_result("knn", cfg.protocol, metrics, params, fs, wall_time=time.perf_counter() - start, backend=f"{backend}:{device}")
+
+
+def _subset_blocks(blocks, rows: np.ndarray):
+    """Streamed ``(offset, rows)`` blocks restricted to the sorted train ``rows``, renumbered
+    ``0..M-1`` (the search's indices then index ``train_labels[rows]``)."""
+    done = 0
+    for offset, block in blocks:
+        lo, hi = np.searchsorted(rows, [offset, offset + len(block)])
+        if hi > lo:
+            yield done, block[rows[lo:hi] - offset]
+            done += int(hi - lo)
 
 
 TIE_BREAK = {
