@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from evaluate.config import DEFAULT_FEATURES, ClusterConfig, KnnConfig, LinearConfig, SourceConfig
+from evaluate.config import DEFAULT_FEATURES, ClusterConfig, KnnConfig, LinearConfig, RetrievalConfig, SourceConfig
 from storage.cli_errors import compress_group
 from storage.config_options import CommaTuple, config_file_option, config_from_params, config_options
 from storage.errors import UsageError
@@ -23,7 +23,7 @@ from storage.errors import UsageError
 @compress_group()
 def main() -> None:
     """Evaluate a student, a teacher or a cache with the protocols papers report
-    (kNN, linear probe, cluster alignment); every result records its protocol."""
+    (kNN, linear probe, cluster alignment, retrieval); every result records its protocol."""
 
 
 def _resolve_source(source: SourceConfig, device: str) -> tuple[str, dict | None]:
@@ -118,6 +118,21 @@ def cluster(**params: Any) -> None:
     src, info = _resolve_source(source, cfg.device)
     result = run_cluster(dataclasses.replace(cfg, features=src))
     _finish(result, out, info)
+
+
+@main.command()
+@config_file_option
+@config_options(SourceConfig)
+@config_options(RetrievalConfig)
+def retrieval(**params: Any) -> None:
+    """Image retrieval (metric-learning protocol): Recall@K, MAP@R, R-precision; query set = gallery."""
+    from evaluate.retrieval import retrieval as run_retrieval
+
+    source = config_from_params(SourceConfig, params)
+    cfg = config_from_params(RetrievalConfig, params, features="")
+    src, info = _resolve_source(source, cfg.device)
+    result = run_retrieval(dataclasses.replace(cfg, features=src))
+    _finish(result, source.out or _default_out("retrieval", "metric-learning", source.model), info)
 
 
 @main.command()

@@ -182,6 +182,51 @@ class LinearConfig:
             raise UsageError(f"--momentum must be in [0, 1) and --weight-decay >= 0, got {self.momentum} and {self.weight_decay}")
 
 
+def parse_class_range(text: str | None) -> tuple[int, int] | None:
+    """``"A:B"`` -> ``(A, B)``: 0-based class indices ``A <= c < B`` (``--classes``)."""
+    if text is None:
+        return None
+    a, sep, b = str(text).partition(":")
+    try:
+        lo, hi = int(a), int(b)
+    except ValueError:
+        lo = hi = -1
+    if not sep or lo < 0 or hi <= lo:
+        raise UsageError(f"--classes must be A:B with 0 <= A < B (0-based class indices, B excluded), got {text!r}")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Image retrieval, the metric-learning protocol (docs/evaluate.md, "Retrieval").
+
+    Query set = gallery = ``split``; each query's own row is excluded; cosine similarity on
+    L2-normalised features. ``classes`` ``"A:B"`` keeps the classes ``A <= c < B`` (0-based):
+    CUB-200's test half is ``100:200``, Cars196's ``98:196``.
+    """
+
+    features: str
+    split: str = setting("val", "The split that is both query set and gallery.", choices=("val", "train"))
+    ks: tuple[int, ...] = setting((1, 2, 4, 8), "Recall@K cut-offs, comma-separated.")
+    classes: str | None = setting(None, "Keep classes A:B only (0-based, B excluded): CUB-200 test half 100:200, Cars196 98:196.")
+    backend: str = setting("auto", "Search backend: auto (FAISS on CPU or with faiss-gpu, else torch), faiss or torch.",
+                           choices=SEARCH_BACKENDS)
+    device: str = setting("auto", "Search device: " + DEVICE_HELP)
+    query_block: int | None = setting(None, "Queries per search block (default: 1024 torch, 8192 faiss).")
+    database_block: int = setting(131072, "Gallery rows per search block.")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _known("--backend", self.backend, SEARCH_BACKENDS, "search backend")
+        _known("--split", self.split, ("val", "train"), "split")
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise UsageError(f"--ks: every K must be >= 1, got {','.join(map(str, self.ks)) or 'none'}")
+        parse_class_range(self.classes)
+        _positive(self, "query_block", "database_block")
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """Cluster alignment (docs/evaluate.md, "Protocols")."""

@@ -39,8 +39,12 @@ def make_result(
     model: dict[str, Any] | None = None,
     dataset: str | None = None,
     extra: dict[str, Any] | None = None,
+    split_sizes: dict[str, int] | None = None,
+    num_classes: int | None = None,
 ) -> dict[str, Any]:
-    """Build a result record (a JSON-ready dict)."""
+    """Build a result record (a JSON-ready dict). ``feature_set``: anything with
+    ``describe()``; a ``FeatureSet`` gives the split sizes and class count, which
+    ``split_sizes`` / ``num_classes`` otherwise give (e.g. retrieval's one split)."""
     features = feature_set.describe()
     return {
         "command": command,
@@ -50,8 +54,8 @@ def make_result(
         "features": features,
         "model": model,
         "dataset": dataset,
-        "split_sizes": {"train": feature_set.train.n, "val": feature_set.val.n},
-        "num_classes": feature_set.num_classes,
+        "split_sizes": split_sizes if split_sizes is not None else {"train": feature_set.train.n, "val": feature_set.val.n},
+        "num_classes": num_classes if num_classes is not None else feature_set.num_classes,
         "backend": backend,
         "wall_time_s": round(float(wall_time), 3),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -120,7 +124,7 @@ def metric_table(result: dict[str, Any]) -> str:
     """A one-result table (metric | value) for the terminal, in markdown."""
     lines = [
         f"{result['command']} ({result['protocol']}) on {result_name(result)}: "
-        f"train {result['split_sizes']['train']}, val {result['split_sizes']['val']}, "
+        + ", ".join(f"{name} {n}" for name, n in result["split_sizes"].items()) + ", "
         f"backend {result['backend']}, {result['wall_time_s']:.2f} s",
         "",
         "| metric | value (%) |",
