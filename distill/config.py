@@ -31,7 +31,7 @@ PAPER_LR_STEPS = (90, 120)  # milestones of the paper's 130-epoch run; scaled to
 # fields that do not change what is trained, so they may differ on resume (the cache and data
 # paths included: their contents are part of the run identity, distill.run_identity)
 RUNTIME_FIELDS = ("cache", "data", "out", "workers", "prefetch_factor", "log_every", "ckpt_every", "max_steps", "device",
-                  "compile", "fresh", "progress", "shared_cache", "trust_data")
+                  "compile", "fresh", "progress", "shared_cache", "trust_data", "eval_every", "eval_train_size")
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,11 @@ class DistillConfig:
     shared_cache: bool = setting(False, "Memory-map one node-wide copy of the cache for all local ranks.", flag="--shared-cache")
     trust_data: bool = setting(False, "Skip the check that the images are unchanged since the cache was built (for "
                                       "read-only mounts whose mtimes change).", flag="--trust-data")
+    eval_every: int | None = setting(None, "Evaluate the student's backbone (kNN-20, DINO protocol, val vs train, eval "
+                                           "transform) every N epochs and after the last, logged as knn_top1 [default: 5 "
+                                           "evaluations over the run when the cache has a labelled val split, else off]; 0: off.")
+    eval_train_size: int = setting(10_000, "Train rows (a fixed seeded subsample) the evaluation's val images are "
+                                           "compared with; 0: all.")
     bank_dtype: str = setting("auto", "Precision of the banks and their similarity GEMMs: auto = bfloat16 on GPUs and on CPUs "
                                       "with bf16 matrix units (AMX, AVX512-BF16), else float32; a resumed run keeps the "
                                       "precision it started with.", choices=BANK_DTYPES)
@@ -101,6 +106,10 @@ class DistillConfig:
             _positive(name, getattr(self, name))
         for name in ("lr", "t_teacher", "t_student"):
             _positive(name, getattr(self, name))
+        if self.eval_every is not None and self.eval_every < 0:
+            raise UsageError(f"--eval-every must be >= 0 (0: off), got {self.eval_every}")
+        if self.eval_train_size < 0:
+            raise UsageError(f"--eval-train-size must be >= 0 (0: all train rows), got {self.eval_train_size}")
         for name in ("input_size", "max_steps"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))

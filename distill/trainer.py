@@ -34,6 +34,7 @@ from distill.data import AugmentedImages, ReferenceImages, normalise
 from distill.decode import GpuViewDecoder, collate_encoded
 from distill.metrics import OVERLAP_K, MetricsLog, TrainingClock, neighbour_agreement, plot_loss_curve
 from distill.objective import CompRessObjective, QueryNetwork
+from distill.periodic_eval import PeriodicEval
 from distill.precision import autocast, dtype_name, previous_bank_dtype, resolve_bank_dtype, resolve_decode
 from distill.run_identity import RunIdentity, RunMismatchError
 from distill.sampler import EpochBatchSampler
@@ -110,6 +111,7 @@ class Trainer:
         self.epoch = self.step_in_epoch = self.global_step = 0
         self.probe_rows = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[: min(cfg.probe_size, n)]
         self._identity: RunIdentity | None = None
+        self.periodic = PeriodicEval.create(cfg, targets, self.input_size, device) if D.rank() == 0 else None
 
     def _static_objective(self, compute_dtype: torch.dtype) -> StaticSupportObjective:
         """``--bank static-faiss``: load the neighbour table, computing what is missing first (split
@@ -332,7 +334,7 @@ class Trainer:
             self.init_banks()
             if D.rank() == 0:
                 metrics.start()
-                metrics.append({"step": 0, "epoch": 0, **self.probe_metrics()})
+                metrics.append({"step": 0, "epoch": 0, **self.probe_metrics(), **(self.periodic.reference() if self.periodic else {})})
         start_step = self.global_step
         self._epoch_loop(metrics)
         if self.global_step != start_step:  # a finished run that is rerun keeps its checkpoint byte for byte
@@ -401,5 +403,6 @@ class Trainer:
         self.epoch += 1
         self.step_in_epoch = 0
         if D.rank() == 0:
-            metrics.append({"step": self.global_step, "epoch": self.epoch, **self.probe_metrics()})
+            knn = self.periodic.evaluate(self.student) if self.periodic and self.periodic.due(self.epoch) else {}
+            metrics.append({"step": self.global_step, "epoch": self.epoch, **self.probe_metrics(), **knn})
         self.save()
