@@ -31,7 +31,8 @@ PAPER_LR_STEPS = (90, 120)  # milestones of the paper's 130-epoch run; scaled to
 # fields that do not change what is trained, so they may differ on resume (the cache and data
 # paths included: their contents are part of the run identity, distill.run_identity)
 RUNTIME_FIELDS = ("cache", "data", "out", "workers", "prefetch_factor", "log_every", "ckpt_every", "max_steps", "device",
-                  "compile", "fresh", "progress", "shared_cache", "trust_data", "eval_every", "eval_train_size")
+                  "compile", "fresh", "progress", "shared_cache", "trust_data", "eval_every", "eval_train_size",
+                  "loggers", "mlflow_uri")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,9 @@ class DistillConfig:
                                            "evaluations over the run when the cache has a labelled val split, else off]; 0: off.")
     eval_train_size: int = setting(10_000, "Train rows (a fixed seeded subsample) the evaluation's val images are "
                                            "compared with; 0: all.")
+    loggers: tuple[str, ...] = setting(("jsonl",), "Experiment trackers (--logger, repeatable; distill.tracking).", cli=False)
+    mlflow_uri: str | None = setting(None, "MLflow tracking URI (a local store): default sqlite:///<run dir>/mlflow.db; "
+                                           "file:./mlruns for a file store.")
     bank_dtype: str = setting("auto", "Precision of the banks and their similarity GEMMs: auto = bfloat16 on GPUs and on CPUs "
                                       "with bf16 matrix units (AMX, AVX512-BF16), else float32; a resumed run keeps the "
                                       "precision it started with.", choices=BANK_DTYPES)
@@ -102,6 +106,8 @@ class DistillConfig:
         _choice("--schedule", self.schedule, SCHEDULES)
         _choice("--decode", self.decode, DECODERS)
         _choice("--bank-dtype", self.bank_dtype, BANK_DTYPES)
+        for logger in self.loggers:
+            _choice("--logger", logger, ("jsonl", "tensorboard", "mlflow"))  # distill.tracking.LOGGERS
         for name in ("epochs", "batch_size", "bank_size", "dim", "prefetch_factor", "log_every", "ckpt_every", "probe_size"):
             _positive(name, getattr(self, name))
         for name in ("lr", "t_teacher", "t_student"):

@@ -42,6 +42,7 @@ from distill.schedule import learning_rate
 from distill.static_support import StaticSupportObjective
 from distill.students import Student, build_student, eval_transform_recipe
 from distill.targets import TeacherTargets, load_targets, train_store_path
+from distill.tracking import training_tracker
 from storage.atomic import write_json_atomic
 from storage.errors import UsageError
 
@@ -321,7 +322,8 @@ class Trainer:
         """
         os.makedirs(self.out, exist_ok=True)
         resumed = self.try_resume()  # raises (before config.json is touched) for another run's directory
-        metrics = MetricsLog(os.path.join(self.out, "metrics.jsonl"))
+        tracker = training_tracker(self.cfg, self.out, self.global_step if resumed else None) if D.rank() == 0 else None
+        metrics = MetricsLog(os.path.join(self.out, "metrics.jsonl"), tracker)
         if D.rank() == 0:
             write_json_atomic(os.path.join(self.out, "config.json"), {
                 **self.cfg.to_json(), "resolved_bank_dtype": self.bank_dtype, "lr_schedule": self.cfg.schedule_summary(),
@@ -343,6 +345,7 @@ class Trainer:
             log.info("banks, student and key student are identical on all %d ranks (checked at every checkpoint)", self.world)
         if D.rank() == 0:
             plot_loss_curve(metrics.path, os.path.join(self.out, "loss_curve.png"))
+            metrics.close(self.finished)
         return {"out": self.out, "global_step": self.global_step, "epoch": self.epoch, "finished": self.finished}
 
     def _step_limit_reached(self) -> bool:

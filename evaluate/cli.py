@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from distill.tracking import logger_options
 from evaluate.config import DEFAULT_FEATURES, ClusterConfig, KnnConfig, LinearConfig, RetrievalConfig, SourceConfig
 from storage.cli_errors import compress_group
 from storage.config_options import CommaTuple, config_file_option, config_from_params, config_options
@@ -51,7 +52,7 @@ def _default_out(command: str, protocol: str, model: str | None) -> str:
     return os.path.join(base, f"{command}-{protocol}.json")
 
 
-def _finish(result: dict, out: str, extraction: dict | None) -> None:
+def _finish(result: dict, out: str, extraction: dict | None, params: dict | None = None) -> None:
     from evaluate.results import metric_table, write_result
 
     if extraction:
@@ -61,6 +62,12 @@ def _finish(result: dict, out: str, extraction: dict | None) -> None:
     write_result(result, out)
     click.echo(metric_table(result))
     click.echo(f"result written to {out}")
+    loggers = tuple((params or {}).get("loggers") or ())
+    if any(name != "jsonl" for name in loggers):
+        from evaluate.results import track_result
+
+        where = track_result(result, out, loggers, (params or {}).get("mlflow_uri"))
+        click.echo(f"logged to {where}")
 
 
 def _ks_option(command: Any) -> Any:
@@ -74,6 +81,7 @@ def _ks_option(command: Any) -> Any:
 @config_options(SourceConfig)
 @config_options(KnnConfig)
 @_ks_option
+@logger_options
 def knn(**params: Any) -> None:
     """k-nearest-neighbour accuracy (compress: L2, majority, k=1,20; dino: cosine, weighted, k=10..200)."""
     from evaluate.knn import knn as run_knn
@@ -83,13 +91,14 @@ def knn(**params: Any) -> None:
     cfg = config_from_params(KnnConfig, params, features="", ks=ks)
     src, info = _resolve_source(source, cfg.device)
     result = run_knn(dataclasses.replace(cfg, features=src))
-    _finish(result, source.out or _default_out("knn", cfg.protocol, source.model), info)
+    _finish(result, source.out or _default_out("knn", cfg.protocol, source.model), info, params)
 
 
 @main.command()
 @config_file_option
 @config_options(SourceConfig)
 @config_options(LinearConfig)
+@logger_options
 def linear(**params: Any) -> None:
     """Linear probe: L2 -> whole-train-set standardisation -> linear, SGD 0.01, steps at 15/30 of 40."""
     from evaluate.linear import linear as run_linear
@@ -99,13 +108,14 @@ def linear(**params: Any) -> None:
     cfg = config_from_params(LinearConfig, params, features="", checkpoint=os.path.splitext(out)[0] + "-checkpoint.pt")
     src, info = _resolve_source(source, cfg.device)
     result = run_linear(dataclasses.replace(cfg, features=src))
-    _finish(result, out, info)
+    _finish(result, out, info, params)
 
 
 @main.command()
 @config_file_option
 @config_options(SourceConfig)
 @config_options(ClusterConfig)
+@logger_options
 def cluster(**params: Any) -> None:
     """Cluster alignment: k-means on all train points, Hungarian matching on train, accuracy on val."""
     from evaluate.cluster import cluster as run_cluster
@@ -117,13 +127,14 @@ def cluster(**params: Any) -> None:
                              data_root=params["data_root"] or source.data)
     src, info = _resolve_source(source, cfg.device)
     result = run_cluster(dataclasses.replace(cfg, features=src))
-    _finish(result, out, info)
+    _finish(result, out, info, params)
 
 
 @main.command()
 @config_file_option
 @config_options(SourceConfig)
 @config_options(RetrievalConfig)
+@logger_options
 def retrieval(**params: Any) -> None:
     """Image retrieval (metric-learning protocol): Recall@K, MAP@R, R-precision; query set = gallery."""
     from evaluate.retrieval import retrieval as run_retrieval
@@ -132,7 +143,7 @@ def retrieval(**params: Any) -> None:
     cfg = config_from_params(RetrievalConfig, params, features="")
     src, info = _resolve_source(source, cfg.device)
     result = run_retrieval(dataclasses.replace(cfg, features=src))
-    _finish(result, source.out or _default_out("retrieval", "metric-learning", source.model), info)
+    _finish(result, source.out or _default_out("retrieval", "metric-learning", source.model), info, params)
 
 
 @main.command()

@@ -71,6 +71,22 @@ def write_result(result: dict[str, Any], path: str) -> str:
     return path
 
 
+def track_result(result: dict[str, Any], out: str, loggers: tuple[str, ...], mlflow_uri: str | None = None) -> str:
+    """Send a result's metrics (step 0) and params to the experiment trackers
+    (``distill.tracking``): TensorBoard under ``<out dir>/tensorboard/<command>-<protocol>``, a
+    new MLflow run named after the result file in experiment ``compress-eval``. Returns where."""
+    from distill.tracking import Tracker
+
+    run_dir = os.path.dirname(os.path.abspath(out))
+    name = os.path.splitext(os.path.basename(out))[0]
+    tracker = Tracker(run_dir, loggers, mlflow_uri=mlflow_uri, name=name, experiment="compress-eval",
+                      params={"command": result["command"], "protocol": result["protocol"], **result["params"]},
+                      subdir=os.path.join("tensorboard", name), keep_run_id=False)
+    tracker.log(result["metrics"], 0)
+    tracker.close(finished=True)
+    return ", ".join(n for n in loggers if n != "jsonl") + f" ({run_dir})"
+
+
 def read_results(sources: list[str]) -> list[dict[str, Any]]:
     """Result records from JSON files, or from every ``*.json`` result under run directories.
 
