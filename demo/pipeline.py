@@ -214,10 +214,12 @@ def results_table(rows: list[dict[str, Any]]) -> str:
 def write_report(cfg: DemoConfig, rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, str]:
     """``results.md`` (+ ``results.json``) and the bar chart; returns the paths."""
     from evaluate.results import bar_chart
+    from evaluate.tradeoff import tradeoff_chart
 
     out, d = cfg.out, cfg.distill
     cols = [c for c, *_ in METRICS]
     chart = bar_chart([r["name"] for r in rows], cols, [[r["metrics"][c] for c in cols] for r in rows], os.path.join(out, "accuracy.png"))
+    tradeoff_chart([{"name": r["name"], "knn20": r["metrics"]["kNN-20"], "linear": r["metrics"]["linear"], **({"parameters": r["profile"]["params"], "latency_ms": 1e3 / r["profile"]["images_per_s"]} if r.get("profile") else {})} for r in rows], os.path.join(out, "tradeoff.png"))  # noqa: E501
     table = results_table(rows)
     text = [
         "# CompRess demo: MobileNetV2 (ImageNet) -> micro_mobilenet on Fashion-MNIST",

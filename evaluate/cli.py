@@ -18,7 +18,7 @@ from distill.tracking import logger_options
 from evaluate.config import DEFAULT_FEATURES, ClusterConfig, KnnConfig, LinearConfig, RetrievalConfig, SourceConfig
 from storage.cli_errors import compress_group
 from storage.config_options import CommaTuple, config_file_option, config_from_params, config_options
-from storage.errors import UsageError
+from storage.errors import CompressError, UsageError
 
 
 @compress_group()
@@ -56,7 +56,7 @@ def _finish(result: dict, out: str, extraction: dict | None, params: dict | None
     from evaluate.results import metric_table, write_result
 
     if extraction:
-        result["model"] = extraction["model"]
+        result["model"] = {**extraction["model"], **_parameter_count(extraction)}
         result["dataset"] = extraction["dataset"]
         result["extraction_fingerprint"] = extraction["fingerprint"]
     write_result(result, out)
@@ -68,6 +68,18 @@ def _finish(result: dict, out: str, extraction: dict | None, params: dict | None
 
         where = track_result(result, out, loggers, (params or {}).get("mlflow_uri"))
         click.echo(f"logged to {where}")
+
+
+def _parameter_count(extraction: dict) -> dict:
+    """``{"parameters": P}`` of the extracted backbone (for ``report``'s tradeoff plot); empty
+    when the model cannot be rebuilt here."""
+    from cache_builder.architectures import count_parameters
+    from evaluate.models import resolve_model
+
+    try:
+        return {"parameters": int(count_parameters(resolve_model(extraction["config"]["model"]).module))}
+    except (CompressError, OSError, KeyError):
+        return {}
 
 
 def _ks_option(command: Any) -> Any:
@@ -172,14 +184,23 @@ def features(**params: Any) -> None:
 @main.command()
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--chart", type=click.Path(dir_okay=False), default="eval-report.png", show_default=True, help="Bar chart PNG.")
-def report(sources: tuple[str, ...], chart: str) -> None:
-    """Markdown comparison table of results (JSON files or run dirs) and a bar chart PNG."""
+@click.option("--tradeoff", type=click.Path(dir_okay=False), default="tradeoff.png", show_default=True,
+              help="Accuracy (kNN-20, linear) vs parameters and vs CPU latency (when a latency result exists) PNG.")
+def report(sources: tuple[str, ...], chart: str, tradeoff: str) -> None:
+    """Markdown comparison table of results (JSON files or run dirs), a bar chart PNG and the
+    accuracy-vs-cost plot."""
     from evaluate.results import bar_chart, comparison_table, read_results
+    from evaluate.tradeoff import tradeoff_chart, tradeoff_points
 
-    table, rows, cols, values = comparison_table(read_results(list(sources)))
+    results = read_results(list(sources))
+    table, rows, cols, values = comparison_table(results)
     click.echo(table)
     bar_chart(rows, cols, values, chart)
     click.echo(f"\nchart written to {chart}")
+    if tradeoff_chart(tradeoff_points(results), tradeoff):
+        click.echo(f"tradeoff plot written to {tradeoff}")
+    else:
+        click.echo("no tradeoff plot: no result has both a kNN-20 accuracy and a parameter count or latency")
 
 
 if __name__ == "__main__":
