@@ -244,7 +244,8 @@ def write_report(cfg: DemoConfig, rows: list[dict[str, Any]], summary: dict[str,
     md = os.path.join(out, "results.md")
     write_text_atomic(md, "\n".join(text) + "\n")
     write_json_atomic(os.path.join(out, "results.json"), {"config": _config_json(cfg), "summary": summary, "rows": rows})
-    return {"table": md, "chart": chart, "loss_curve": os.path.join(out, "loss_curve.png"), "clusters": os.path.join(out, "clusters.png")}
+    return {"table": md, "chart": chart, "loss_curve": os.path.join(out, "loss_curve.png"), "clusters": os.path.join(out, "clusters.png"),
+            "tradeoff": os.path.join(out, "tradeoff.png")}
 
 
 def _config_json(cfg: DemoConfig) -> dict[str, Any]:
