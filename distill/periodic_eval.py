@@ -98,11 +98,12 @@ class PeriodicEval:
             raise UsageError(f"--eval-every: the train split of {cfg.cache} has no labels; kNN needs them (or --eval-every 0)")
 
     @classmethod
-    def create(cls, cfg: Any, targets: Any, input_size: int, device: torch.device) -> PeriodicEval | None:
-        """The run's evaluation, or None when it is off (``resolve_eval_every``)."""
+    def create(cls, cfg: Any, targets: Any, input_size: int, device: torch.device, rank: int = 0) -> PeriodicEval | None:
+        """The run's evaluation, or None when it is off (``resolve_eval_every``) or on a rank
+        other than 0 (every rank checks the option, so a bad one fails on all of them)."""
         val = val_store_path(cfg.cache)
         every = resolve_eval_every(cfg.eval_every, cfg.epochs, val is not None)
-        return cls(cfg, targets, input_size, device, every, val) if every and val else None
+        return cls(cfg, targets, input_size, device, every, val) if every and val and rank == 0 else None
 
     def due(self, epoch: int) -> bool:
         """Whether to evaluate after ``epoch`` epochs (every ``every``-th and the last)."""

@@ -112,7 +112,7 @@ class Trainer:
         self.epoch = self.step_in_epoch = self.global_step = 0
         self.probe_rows = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[: min(cfg.probe_size, n)]
         self._identity: RunIdentity | None = None
-        self.periodic = PeriodicEval.create(cfg, targets, self.input_size, device) if D.rank() == 0 else None
+        self.periodic = PeriodicEval.create(cfg, targets, self.input_size, device, D.rank())
 
     def _static_objective(self, compute_dtype: torch.dtype) -> StaticSupportObjective:
         """``--bank static-faiss``: load the neighbour table, computing what is missing first (split
