@@ -215,10 +215,12 @@ def results_table(rows: list[dict[str, Any]]) -> str:
 def write_report(cfg: DemoConfig, rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, str]:
     """``results.md`` (+ ``results.json``) and the bar chart; returns the paths."""
     from evaluate.results import bar_chart
+    from evaluate.tradeoff import tradeoff_chart
 
     out, d = cfg.out, cfg.distill
     cols = [c for c, *_ in METRICS]
     chart = bar_chart([r["name"] for r in rows], cols, [[r["metrics"][c] for c in cols] for r in rows], os.path.join(out, "accuracy.png"))
+    tradeoff_chart([{"name": r["name"], "knn20": r["metrics"]["kNN-20"], "linear": r["metrics"]["linear"], **({"parameters": r["profile"]["params"], "latency_ms": 1e3 / r["profile"]["images_per_s"]} if r.get("profile") else {})} for r in rows], os.path.join(out, "tradeoff.png"))  # noqa: E501
     table = results_table(rows)
     text = [
         "# CompRess demo: MobileNetV2 (ImageNet) -> micro_mobilenet on Fashion-MNIST",
@@ -243,7 +245,8 @@ def write_report(cfg: DemoConfig, rows: list[dict[str, Any]], summary: dict[str,
     md = os.path.join(out, "results.md")
     write_text_atomic(md, "\n".join(text) + "\n")
     write_json_atomic(os.path.join(out, "results.json"), {"config": _config_json(cfg), "summary": summary, "rows": rows})
-    return {"table": md, "chart": chart, "loss_curve": os.path.join(out, "loss_curve.png"), "clusters": os.path.join(out, "clusters.png")}
+    return {"table": md, "chart": chart, "loss_curve": os.path.join(out, "loss_curve.png"), "clusters": os.path.join(out, "clusters.png"),
+            "tradeoff": os.path.join(out, "tradeoff.png")}
 
 
 def _config_json(cfg: DemoConfig) -> dict[str, Any]:

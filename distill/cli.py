@@ -44,7 +44,9 @@ _DEFAULT_VARIANT = next(f.default for f in dataclasses.fields(DistillConfig) if 
 @click.option("--variant", type=click.Choice(list(VARIANTS)), default=None,
               help=f"Bank variant (docs/distill.md) [default: {_DEFAULT_VARIANT} with --bank queue, 1q with --bank static-faiss].")
 @config_options(DistillConfig, exclude=("variant",))
-def run(variant: str | None, **params: Any) -> None:
+@click.option("--logger", "loggers", multiple=True, type=click.Choice(["jsonl", "tensorboard", "mlflow"]),
+              help="Experiment tracker, repeatable: jsonl (always on), tensorboard, mlflow (docs/distill.md).")
+def run(variant: str | None, loggers: tuple[str, ...], **params: Any) -> None:
     """Train a student (resumes automatically when --out holds the same run).
 
     From a teacher cache (--cache, default ./cache), or with --teacher NAME --weights FILE
@@ -59,7 +61,9 @@ def run(variant: str | None, **params: Any) -> None:
     from distill.engine import run as run_engine
 
     chosen = variant or ("1q" if params.get("bank") == "static-faiss" else _DEFAULT_VARIANT)
-    resolved = resolve_config(config_from_params(DistillConfig, params, variant=chosen))
+    from distill.tracking import check_loggers
+
+    resolved = resolve_config(config_from_params(DistillConfig, params, variant=chosen, loggers=check_loggers(loggers)))
     if _is_rank_zero():
         source = f"online teacher {resolved.teacher} ({resolved.weights})" if resolved.teacher else f"cache {resolved.cache}"
         click.echo(f"student {resolved.student} ({resolved.variant}, bank {resolved.bank}), {source}, data {resolved.data}, out {resolved.out}")

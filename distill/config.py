@@ -32,7 +32,7 @@ PAPER_LR_STEPS = (90, 120)  # milestones of the paper's 130-epoch run; scaled to
 # data paths included: their contents are part of the run identity, distill.run_identity)
 RUNTIME_FIELDS = ("cache", "weights", "data", "out", "workers", "prefetch_factor", "log_every", "ckpt_every", "max_steps", "device",
                   "compile", "fresh", "progress", "shared_cache", "trust_data", "verify_load", "image_column",
-                  "label_column")
+                  "label_column", "eval_every", "eval_train_size", "loggers", "mlflow_uri")
 # the online teacher's options: part of the identity of an online run only (a cached run's
 # identity is what it was before they existed, so its checkpoints still resume)
 ONLINE_FIELDS = ("teacher", "teacher_arch", "teacher_prefix", "teacher_embed_layer", "teacher_input_size", "teacher_resize_size")
@@ -116,6 +116,14 @@ class DistillConfig:
     verify_load: bool = setting(True, "Check the cached embeddings' CRC32C checksums as they are loaded (once per run; "
                                       "about as costly as the read itself on a busy 2-core machine, overlapped with it "
                                       "where cores are idle). --no-verify-load skips it.")
+    eval_every: int | None = setting(None, "Evaluate the student's backbone (kNN-20, DINO protocol, val vs train, eval "
+                                           "transform) every N epochs and after the last, logged as knn_top1 [default: 5 "
+                                           "evaluations over the run when the cache has a labelled val split, else off]; 0: off.")
+    eval_train_size: int = setting(5_000, "Train rows (a fixed seeded subsample) the evaluation's val images are "
+                                           "compared with; 0: all.")
+    loggers: tuple[str, ...] = setting(("jsonl",), "Experiment trackers (--logger, repeatable; distill.tracking).", cli=False)
+    mlflow_uri: str | None = setting(None, "MLflow tracking URI (a local store): default sqlite:///<run dir>/mlflow.db; "
+                                           "file:./mlruns for a file store.")
     bank_dtype: str = setting("auto", "Precision of the banks and their similarity GEMMs: auto = bfloat16 on GPUs and on CPUs "
                                       "with bf16 matrix units (AMX, AVX512-BF16), else float32; a resumed run keeps the "
                                       "precision it started with.", choices=BANK_DTYPES)
@@ -128,10 +136,16 @@ class DistillConfig:
         _choice("--decode", self.decode, DECODERS)
         _choice("--bank-dtype", self.bank_dtype, BANK_DTYPES)
         _choice("--decode-scale", self.decode_scale, ("auto", "off"))
+        for logger in self.loggers:
+            _choice("--logger", logger, ("jsonl", "tensorboard", "mlflow"))  # distill.tracking.LOGGERS
         for name in ("epochs", "batch_size", "bank_size", "dim", "prefetch_factor", "log_every", "ckpt_every", "probe_size"):
             _positive(name, getattr(self, name))
         for name in ("lr", "t_teacher", "t_student"):
             _positive(name, getattr(self, name))
+        if self.eval_every is not None and self.eval_every < 0:
+            raise UsageError(f"--eval-every must be >= 0 (0: off), got {self.eval_every}")
+        if self.eval_train_size < 0:
+            raise UsageError(f"--eval-train-size must be >= 0 (0: all train rows), got {self.eval_train_size}")
         for name in ("input_size", "max_steps"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))

@@ -1,7 +1,9 @@
 """What a run logs: ``metrics.jsonl`` (one JSON object per line), the probe metrics and the loss plot.
 
 Lines are ``{"step", "epoch", "loss", "lr", "img_per_s"}`` every ``--log-every`` steps and
-``{"step", "epoch", "agreement", "overlap10"}`` at the start and after every epoch.
+``{"step", "epoch", "agreement", "overlap10"}`` at the start and after every epoch; with the
+evaluation during training (``distill.periodic_eval``) the epoch lines also hold ``knn_top1``,
+``eval_train_rows``, ``eval_s``, and the step-0 line ``teacher_knn_top1``.
 """
 
 from __future__ import annotations
@@ -41,10 +43,12 @@ def neighbour_agreement(student: torch.Tensor, teacher: torch.Tensor, k: int = O
 
 
 class MetricsLog:
-    """Appends records to ``path`` (``metrics.jsonl``)."""
+    """Appends records to ``path`` (``metrics.jsonl``) and, when given, to an experiment
+    ``tracker`` (``distill.tracking.Tracker``) at the record's step."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, tracker: Any = None) -> None:
         self.path = path
+        self.tracker = tracker
 
     def start(self) -> None:
         """Begin a new run's log (an empty file)."""
@@ -53,6 +57,13 @@ class MetricsLog:
     def append(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tracker is not None:
+            self.tracker.log(record, int(record["step"]))
+
+    def close(self, finished: bool = False) -> None:
+        """Flush the tracker (``finished``: the run reached its last epoch)."""
+        if self.tracker is not None:
+            self.tracker.close(finished)
 
     def truncate_after(self, step: int) -> None:
         """Drop lines logged after ``step`` (a resumed run logs them again from its checkpoint)."""
@@ -88,7 +99,8 @@ class TrainingClock:
 
 
 def plot_loss_curve(metrics_path: str, png_path: str) -> None:
-    """Loss (and neighbour agreement) against step, as a PNG written atomically."""
+    """Loss (and neighbour agreement, and the student's kNN-20 top-1 with the teacher's as a
+    dashed reference line, as fractions) against step, as a PNG written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,13 +116,19 @@ def plot_loss_curve(metrics_path: str, png_path: str) -> None:
         ax.plot(*zip(*losses), color="tab:blue", label="CompRess loss (KL)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    if any(key in r for r in records for key in probes):
+    knn = [(r["step"], r["knn_top1"] / 100) for r in records if "knn_top1" in r]
+    teacher = [r["teacher_knn_top1"] / 100 for r in records if "teacher_knn_top1" in r]
+    if knn or any(key in r for r in records for key in probes):
         ax2 = ax.twinx()
         for key, (label, colour) in probes.items():
             points = [(r["step"], r[key]) for r in records if key in r]
             if points:
                 ax2.plot(*zip(*points), "o-", color=colour, label=label)
-        ax2.set_ylabel("neighbour agreement")
+        if knn:
+            ax2.plot(*zip(*knn), "s-", color="tab:red", label="student kNN-20 top-1 (val)")
+        if teacher:
+            ax2.axhline(teacher[-1], color="tab:red", linestyle="--", linewidth=1, label=f"teacher kNN-20 ({100 * teacher[-1]:.1f} %)")
+        ax2.set_ylabel("agreement / kNN accuracy" if knn else "neighbour agreement")
         ax2.set_ylim(0, 1)
         ax2.legend(loc="center right")
     ax.legend(loc="upper left")

@@ -35,6 +35,7 @@ from distill.decode import GpuViewDecoder, collate_encoded
 from distill.metrics import OVERLAP_K, MetricsLog, TrainingClock, neighbour_agreement, plot_loss_curve
 from distill.objective import CompRessObjective, QueryNetwork
 from distill.online_teacher import OnlineTeacher, load_online_teacher
+from distill.periodic_eval import PeriodicEval
 from distill.precision import autocast, dtype_name, previous_bank_dtype, resolve_bank_dtype, resolve_decode
 from distill.run_checkpoint import CheckpointedRun
 from distill.run_identity import RunIdentity
@@ -43,6 +44,7 @@ from distill.schedule import learning_rate
 from distill.static_support import StaticSupportObjective
 from distill.students import Student, build_student, eval_transform_recipe
 from distill.targets import TeacherTargets, load_targets, train_store_path
+from distill.tracking import training_tracker
 from storage.atomic import write_json_atomic
 from storage.errors import UsageError
 
@@ -116,6 +118,7 @@ class Trainer(CheckpointedRun):
         self.epoch = self.step_in_epoch = self.global_step = 0
         self.probe_rows = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[: min(cfg.probe_size, n)]
         self._identity: RunIdentity | None = None
+        self.periodic = PeriodicEval.create(cfg, targets, self.input_size, device, D.rank())
 
     def _static_objective(self, compute_dtype: torch.dtype) -> StaticSupportObjective:
         """``--bank static-faiss``: load the neighbour table, computing what is missing first (split
@@ -250,7 +253,8 @@ class Trainer(CheckpointedRun):
         """
         os.makedirs(self.out, exist_ok=True)
         resumed = self.try_resume()  # raises (before config.json is touched) for another run's directory
-        metrics = MetricsLog(os.path.join(self.out, "metrics.jsonl"))
+        tracker = training_tracker(self.cfg, self.out, self.global_step if resumed else None) if D.rank() == 0 else None
+        metrics = MetricsLog(os.path.join(self.out, "metrics.jsonl"), tracker)
         if D.rank() == 0:
             write_json_atomic(os.path.join(self.out, "config.json"), {
                 **self.cfg.to_json(), "resolved_bank_dtype": self.bank_dtype, "lr_schedule": self.cfg.schedule_summary(),
@@ -263,7 +267,7 @@ class Trainer(CheckpointedRun):
             self.init_banks()
             if D.rank() == 0:
                 metrics.start()
-                metrics.append({"step": 0, "epoch": 0, **self.probe_metrics()})
+                metrics.append({"step": 0, "epoch": 0, **self.probe_metrics(), **(self.periodic.reference() if self.periodic else {})})
         start_step = self.global_step
         self._epoch_loop(metrics)
         if self.global_step != start_step:  # a finished run that is rerun keeps its checkpoint byte for byte
@@ -272,6 +276,7 @@ class Trainer(CheckpointedRun):
             log.info("banks, student and key student are identical on all %d ranks (checked at every checkpoint)", self.world)
         if D.rank() == 0:
             plot_loss_curve(metrics.path, os.path.join(self.out, "loss_curve.png"))
+            metrics.close(self.finished)
         return {"out": self.out, "global_step": self.global_step, "epoch": self.epoch, "finished": self.finished}
 
     def _step_limit_reached(self) -> bool:
@@ -332,5 +337,6 @@ class Trainer(CheckpointedRun):
         self.epoch += 1
         self.step_in_epoch = 0
         if D.rank() == 0:
-            metrics.append({"step": self.global_step, "epoch": self.epoch, **self.probe_metrics()})
+            knn = self.periodic.evaluate(self.student) if self.periodic and self.periodic.due(self.epoch) else {}
+            metrics.append({"step": self.global_step, "epoch": self.epoch, **self.probe_metrics(), **knn})
         self.save()

@@ -14,16 +14,17 @@ from typing import Any
 
 import click
 
-from evaluate.config import DEFAULT_FEATURES, MODEL_HELP, ClusterConfig, FeaturesConfig, KnnConfig, LinearConfig, SourceConfig
+from distill.tracking import logger_options
+from evaluate.config import DEFAULT_FEATURES, MODEL_HELP, ClusterConfig, FeaturesConfig, KnnConfig, LinearConfig, RetrievalConfig, SourceConfig
 from storage.cli_errors import compress_group
 from storage.config_options import CommaTuple, config_file_option, config_from_params, config_options
-from storage.errors import UsageError
+from storage.errors import CompressError, UsageError
 
 
 @compress_group()
 def main() -> None:
     """Evaluate a student, a teacher or a cache with the protocols papers report
-    (kNN, linear probe, cluster alignment); every result records its protocol."""
+    (kNN, linear probe, cluster alignment, retrieval); every result records its protocol."""
 
 
 def _resolve_source(source: SourceConfig, device: str) -> tuple[str, dict | None]:
@@ -52,16 +53,34 @@ def _default_out(command: str, protocol: str, model: str | None) -> str:
     return os.path.join(base, f"{command}-{protocol}.json")
 
 
-def _finish(result: dict, out: str, extraction: dict | None) -> None:
+def _finish(result: dict, out: str, extraction: dict | None, params: dict | None = None) -> None:
     from evaluate.results import metric_table, write_result
 
     if extraction:
-        result["model"] = extraction["model"]
+        result["model"] = {**extraction["model"], **_parameter_count(extraction)}
         result["dataset"] = extraction["dataset"]
         result["extraction_fingerprint"] = extraction["fingerprint"]
     write_result(result, out)
     click.echo(metric_table(result))
     click.echo(f"result written to {out}")
+    loggers = tuple((params or {}).get("loggers") or ())
+    if any(name != "jsonl" for name in loggers):
+        from evaluate.results import track_result
+
+        where = track_result(result, out, loggers, (params or {}).get("mlflow_uri"))
+        click.echo(f"logged to {where}")
+
+
+def _parameter_count(extraction: dict) -> dict:
+    """``{"parameters": P}`` of the extracted backbone (for ``report``'s tradeoff plot); empty
+    when the model cannot be rebuilt here."""
+    from cache_builder.architectures import count_parameters
+    from evaluate.models import resolve_model
+
+    try:
+        return {"parameters": int(count_parameters(resolve_model(extraction["config"]["model"]).module))}
+    except (CompressError, OSError, KeyError):
+        return {}
 
 
 def _ks_option(command: Any) -> Any:
@@ -75,6 +94,7 @@ def _ks_option(command: Any) -> Any:
 @config_options(SourceConfig)
 @config_options(KnnConfig)
 @_ks_option
+@logger_options
 def knn(**params: Any) -> None:
     """k-nearest-neighbour accuracy (compress: L2, majority, k=1,20; dino: cosine, weighted, k=10..200)."""
     from evaluate.knn import knn as run_knn
@@ -84,13 +104,14 @@ def knn(**params: Any) -> None:
     cfg = config_from_params(KnnConfig, params, features="", ks=ks)
     src, info = _resolve_source(source, cfg.device)
     result = run_knn(dataclasses.replace(cfg, features=src))
-    _finish(result, source.out or _default_out("knn", cfg.protocol, source.model), info)
+    _finish(result, source.out or _default_out("knn", cfg.protocol, source.model), info, params)
 
 
 @main.command()
 @config_file_option
 @config_options(SourceConfig)
 @config_options(LinearConfig)
+@logger_options
 def linear(**params: Any) -> None:
     """Linear probe: L2 -> whole-train-set standardisation -> linear, SGD 0.01, steps at 15/30 of 40."""
     from evaluate.linear import linear as run_linear
@@ -100,13 +121,14 @@ def linear(**params: Any) -> None:
     cfg = config_from_params(LinearConfig, params, features="", checkpoint=os.path.splitext(out)[0] + "-checkpoint.pt")
     src, info = _resolve_source(source, cfg.device)
     result = run_linear(dataclasses.replace(cfg, features=src))
-    _finish(result, out, info)
+    _finish(result, out, info, params)
 
 
 @main.command()
 @config_file_option
 @config_options(SourceConfig)
 @config_options(ClusterConfig)
+@logger_options
 def cluster(**params: Any) -> None:
     """Cluster alignment: k-means on all train points, Hungarian matching on train, accuracy on val."""
     from evaluate.cluster import cluster as run_cluster
@@ -118,7 +140,23 @@ def cluster(**params: Any) -> None:
                              data_root=params["data_root"] or source.data)
     src, info = _resolve_source(source, cfg.device)
     result = run_cluster(dataclasses.replace(cfg, features=src))
-    _finish(result, out, info)
+    _finish(result, out, info, params)
+
+
+@main.command()
+@config_file_option
+@config_options(SourceConfig)
+@config_options(RetrievalConfig)
+@logger_options
+def retrieval(**params: Any) -> None:
+    """Image retrieval (metric-learning protocol): Recall@K, MAP@R, R-precision; query set = gallery."""
+    from evaluate.retrieval import retrieval as run_retrieval
+
+    source = config_from_params(SourceConfig, params)
+    cfg = config_from_params(RetrievalConfig, params, features="")
+    src, info = _resolve_source(source, cfg.device)
+    result = run_retrieval(dataclasses.replace(cfg, features=src))
+    _finish(result, source.out or _default_out("retrieval", "metric-learning", source.model), info, params)
 
 
 @main.command()
@@ -141,14 +179,23 @@ def features(**params: Any) -> None:
 @main.command()
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--chart", type=click.Path(dir_okay=False), default="eval-report.png", show_default=True, help="Bar chart PNG.")
-def report(sources: tuple[str, ...], chart: str) -> None:
-    """Markdown comparison table of results (JSON files or run dirs) and a bar chart PNG."""
+@click.option("--tradeoff", type=click.Path(dir_okay=False), default="tradeoff.png", show_default=True,
+              help="Accuracy (kNN-20, linear) vs parameters and vs CPU latency (when a latency result exists) PNG.")
+def report(sources: tuple[str, ...], chart: str, tradeoff: str) -> None:
+    """Markdown comparison table of results (JSON files or run dirs), a bar chart PNG and the
+    accuracy-vs-cost plot."""
     from evaluate.results import bar_chart, comparison_table, read_results
+    from evaluate.tradeoff import tradeoff_chart, tradeoff_points
 
-    table, rows, cols, values = comparison_table(read_results(list(sources)))
+    results = read_results(list(sources))
+    table, rows, cols, values = comparison_table(results)
     click.echo(table)
     bar_chart(rows, cols, values, chart)
     click.echo(f"\nchart written to {chart}")
+    if tradeoff_chart(tradeoff_points(results), tradeoff):
+        click.echo(f"tradeoff plot written to {tradeoff}")
+    else:
+        click.echo("no tradeoff plot: no result has both a kNN-20 accuracy and a parameter count or latency")
 
 
 if __name__ == "__main__":

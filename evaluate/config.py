@@ -23,6 +23,7 @@ SEARCH_BACKENDS = ("auto", "faiss", "torch")
 DEVICE_HELP = "auto (this process's GPU when CUDA is available, else cpu), cpu, cuda or cuda:N."
 DEFAULT_FEATURES = "cache"
 MODEL_HELP = "Student run dir, exported .pth, teacher:NAME:WEIGHTS or torchvision:ARCH[:WEIGHTS]."
+TIE_BREAKS = ("random", "nearest")  # distill.knn_vote.TIE_BREAKS (not imported here: no torch at --help)
 
 
 def _positive(cfg: Any, *names: str) -> None:
@@ -30,6 +31,22 @@ def _positive(cfg: Any, *names: str) -> None:
         value = getattr(cfg, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def _check_subset(cfg: Any) -> None:
+    """The few-label options (``evaluate.label_subset.select_train_rows``): at most one, valid."""
+    given = [f"--{n.replace('_', '-')}" for n in ("fraction", "shots", "subset_file") if getattr(cfg, n) is not None]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)}: give one, not several")
+    if cfg.fraction is not None and not 0 < cfg.fraction <= 1:
+        raise UsageError(f"--fraction must be in (0, 1], got {cfg.fraction}")
+    _positive(cfg, "shots")
+    if cfg.subset_file is not None and not os.path.isfile(cfg.subset_file):
+        raise UsageError(f"--subset-file {cfg.subset_file}: no such file")
+
+
+SUBSET_FILE_HELP = ("Labelled train subset: one image per line, a path relative to the train root or (SimCLR's "
+                    "1percent.txt / 10percent.txt) a file name.")
 
 
 def _known(option: str, value: str, known: tuple[str, ...] | list[str], kind: str) -> None:
@@ -90,12 +107,19 @@ class KnnConfig:
                             choices=tuple(PROTOCOLS))
     ks: tuple[int, ...] = setting((), "Neighbour counts, e.g. -k 1,20 or -k 1 -k 20 (default: the protocol's).", cli=False)
     temperature: float = setting(0.07, "DINO vote temperature (votes weighted by exp(similarity / T)).")
+    tie_break: str = setting("random", "compress protocol's majority ties: random (the official rule: uniform among the "
+                                       "top-voted classes, seeded by --seed) or nearest (the nearest neighbour's class).",
+                             choices=TIE_BREAKS)
+    seed: int = setting(0, "Seed of the random tie-break (and of the --fraction/--shots label subset).")
     backend: str = setting("auto", "Search backend: auto (FAISS on CPU or with faiss-gpu, else torch), faiss or torch.",
                            choices=SEARCH_BACKENDS)
     device: str = setting("auto", "Search device: " + DEVICE_HELP)
     query_block: int | None = setting(None, "Queries per search block (default: 1024 torch, 8192 faiss).")
     database_block: int = setting(131072, "Train rows per search block.")
     stream: bool = setting(False, "Stream the train rows from their store shard by shard instead of loading them.")
+    fraction: float | None = setting(None, "Few-label kNN: class-balanced, seeded fraction of the train labels (e.g. 0.01, 0.1).")
+    shots: int | None = setting(None, "Few-label kNN: labelled train images per class (seeded).")
+    subset_file: str | None = setting(None, SUBSET_FILE_HELP)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -103,11 +127,13 @@ class KnnConfig:
     def validate(self) -> None:
         _known("--protocol", self.protocol, tuple(PROTOCOLS), "protocol")
         _known("--backend", self.backend, SEARCH_BACKENDS, "search backend")
+        _known("--tie-break", self.tie_break, TIE_BREAKS, "tie-break")
         if any(k < 1 for k in self.ks):
             raise UsageError(f"-k: every k must be >= 1, got {','.join(map(str, self.ks))}")
         if self.temperature <= 0:
             raise UsageError(f"--temperature must be > 0, got {self.temperature}")
         _positive(self, "query_block", "database_block")
+        _check_subset(self)
 
     @property
     def resolved_ks(self) -> tuple[int, ...]:
@@ -120,7 +146,8 @@ class LinearConfig:
 
     ``fast`` trains on cached features (protocol ``compress-fast``); ``fast=False`` is the
     augmented protocol (``compress``), which needs ``model``, ``data`` and ``checkpoint`` (its
-    resume file). ``fraction`` / ``shots``: a class-balanced, seeded few-label subset of train.
+    resume file). ``fraction`` / ``shots`` / ``subset_file``: a few-label subset of train
+    (``evaluate.label_subset.select_train_rows``).
     """
 
     features: str
@@ -134,6 +161,7 @@ class LinearConfig:
     batch_size: int = setting(256, "Probe training batch size.", flag="--train-batch-size")
     fraction: float | None = setting(None, "Class-balanced fraction of train labels (e.g. 0.01, 0.1).")
     shots: int | None = setting(None, "Labelled train images per class.")
+    subset_file: str | None = setting(None, SUBSET_FILE_HELP)
     seed: int = setting(0, "Seed of the label subset, the initialisation and the batch order.")
     device: str = setting("auto", "Probe training device: " + DEVICE_HELP)
     model: str | None = setting(None, "Backbone of the augmented protocol (from --model).", cli=False)
@@ -151,15 +179,57 @@ class LinearConfig:
                 "--full: the augmented linear protocol (RandomResizedCrop + flip through the frozen backbone) "
                 "needs --model and --data (and a checkpoint path); use --fast for cached features"
             )
-        _positive(self, "epochs", "batch_size", "shots")
+        _positive(self, "epochs", "batch_size")
+        _check_subset(self)
         if self.lr <= 0:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0:
             raise UsageError(f"--momentum must be in [0, 1) and --weight-decay >= 0, got {self.momentum} and {self.weight_decay}")
-        if self.fraction is not None and self.shots is not None:
-            raise UsageError("--fraction and --shots: give one, not both")
-        if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise UsageError(f"--fraction must be in (0, 1], got {self.fraction}")
+
+
+def parse_class_range(text: str | None) -> tuple[int, int] | None:
+    """``"A:B"`` -> ``(A, B)``: 0-based class indices ``A <= c < B`` (``--classes``)."""
+    if text is None:
+        return None
+    a, sep, b = str(text).partition(":")
+    try:
+        lo, hi = int(a), int(b)
+    except ValueError:
+        lo = hi = -1
+    if not sep or lo < 0 or hi <= lo:
+        raise UsageError(f"--classes must be A:B with 0 <= A < B (0-based class indices, B excluded), got {text!r}")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Image retrieval, the metric-learning protocol (docs/evaluate.md, "Retrieval").
+
+    Query set = gallery = ``split``; each query's own row is excluded; cosine similarity on
+    L2-normalised features. ``classes`` ``"A:B"`` keeps the classes ``A <= c < B`` (0-based):
+    CUB-200's test half is ``100:200``, Cars196's ``98:196``.
+    """
+
+    features: str
+    split: str = setting("val", "The split that is both query set and gallery.", choices=("val", "train"))
+    ks: tuple[int, ...] = setting((1, 2, 4, 8), "Recall@K cut-offs, comma-separated.")
+    classes: str | None = setting(None, "Keep classes A:B only (0-based, B excluded): CUB-200 test half 100:200, Cars196 98:196.")
+    backend: str = setting("auto", "Search backend: auto (FAISS on CPU or with faiss-gpu, else torch), faiss or torch.",
+                           choices=SEARCH_BACKENDS)
+    device: str = setting("auto", "Search device: " + DEVICE_HELP)
+    query_block: int | None = setting(None, "Queries per search block (default: 1024 torch, 8192 faiss).")
+    database_block: int = setting(131072, "Gallery rows per search block.")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _known("--backend", self.backend, SEARCH_BACKENDS, "search backend")
+        _known("--split", self.split, ("val", "train"), "split")
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise UsageError(f"--ks: every K must be >= 1, got {','.join(map(str, self.ks)) or 'none'}")
+        parse_class_range(self.classes)
+        _positive(self, "query_block", "database_block")
 
 
 @dataclass(frozen=True)

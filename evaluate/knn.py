@@ -3,8 +3,10 @@
 Protocols (they are not interchangeable; every result records its protocol):
 
 * ``compress`` (CompRess, ISD, MSF): L2 distance, unweighted majority vote, k = 1 ("NN") and
-  20. **Tie-break**: among the classes with the most votes, the class of the nearest
-  neighbour wins. Neighbours themselves are ordered by distance, then by smaller train index.
+  20. **Tie-break** (``--tie-break``): ``random`` (default, the official CompRess ``faiss_knn``
+  rule): among the classes with the most votes one is drawn uniformly at random, seeded
+  (``--seed``), the same on every backend; ``nearest``: the class of the nearest neighbour
+  among them. Neighbours themselves are ordered by distance, then by smaller train index.
 * ``dino`` (DINO, solo-learn): cosine similarity, votes weighted by ``exp(sim / T)`` with
   T = 0.07, k in {10, 20, 100, 200}; top-1 and top-5. Classes with equal weight are ranked by
   smaller class id.
@@ -16,56 +18,14 @@ import time
 from dataclasses import asdict
 
 import numpy as np
-import torch
 
+from distill.knn_vote import TIE_BREAKS, majority_vote, weighted_vote
 from distill.topk import resolve_backend, search
 from evaluate.config import PROTOCOLS, KnnConfig
 from evaluate.errors import FeatureError
 from storage.errors import UsageError, unknown_name
 
-__all__ = ["PROTOCOLS", "KnnConfig", "knn", "knn_classify", "majority_vote", "score_neighbours", "weighted_vote"]
-
-
-def majority_vote(neighbour_labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Unweighted majority vote; ties go to the class of the nearest neighbour among them.
-
-    Args:
-        neighbour_labels: ``(Q, k)`` int64, nearest first.
-        num_classes: C.
-    Returns:
-        ``(Q,)`` int64 predicted classes.
-    """
-    labels = torch.from_numpy(np.ascontiguousarray(neighbour_labels, dtype=np.int64))
-    q, k = labels.shape
-    counts = torch.zeros((q, num_classes), dtype=torch.long).scatter_add_(1, labels, torch.ones_like(labels))
-    ranks = torch.arange(k).expand(q, k).contiguous()
-    first = torch.full((q, num_classes), k, dtype=torch.long).scatter_reduce_(1, labels, ranks, "amin")
-    key = counts * (k + 1) + (k - first)
-    return key.argmax(dim=1).numpy()
-
-
-def weighted_vote(
-    neighbour_labels: np.ndarray, neighbour_sims: np.ndarray, num_classes: int, temperature: float = 0.07, top: int = 5
-) -> np.ndarray:
-    """DINO vote: class scores ``sum exp(sim / T)`` over the neighbours of that class.
-
-    Args:
-        neighbour_labels: ``(Q, k)`` int64.
-        neighbour_sims: ``(Q, k)`` cosine similarities.
-        temperature: T > 0.
-        top: how many ranked classes to return.
-    Returns:
-        ``(Q, min(top, C))`` classes by decreasing score, equal scores by smaller class id.
-    """
-    if temperature <= 0:
-        raise UsageError(f"--temperature must be > 0, got {temperature}")
-    labels = torch.from_numpy(np.ascontiguousarray(neighbour_labels, dtype=np.int64))
-    sims = torch.from_numpy(np.ascontiguousarray(neighbour_sims, dtype=np.float64))
-    # subtracting the row maximum scales every class score of a row alike (no overflow)
-    weights = torch.exp((sims - sims.max(dim=1, keepdim=True).values) / temperature)
-    scores = torch.zeros((labels.shape[0], num_classes), dtype=torch.float64).scatter_add_(1, labels, weights)
-    order = torch.argsort(scores, dim=1, descending=True, stable=True)
-    return order[:, : min(top, num_classes)].numpy()
+__all__ = ["PROTOCOLS", "TIE_BREAKS", "KnnConfig", "knn", "knn_classify", "majority_vote", "score_neighbours", "weighted_vote"]
 
 
 def knn_classify(
@@ -77,6 +37,8 @@ def knn_classify(
     protocol: str = "compress",
     ks: tuple[int, ...] = (),
     temperature: float = 0.07,
+    tie_break: str = "random",
+    seed: int = 0,
     backend: str = "auto",
     device: str | None = None,
     query_block: int | None = None,
@@ -108,22 +70,24 @@ def knn_classify(
         val_features, train_features, max(ks), metric=spec["metric"], backend=backend, device=device,
         query_block=query_block, database_block=database_block,
     )
-    return score_neighbours(sims, idx, train_labels, val_labels, protocol=protocol, ks=ks, temperature=temperature)
+    return score_neighbours(sims, idx, train_labels, val_labels, protocol=protocol, ks=ks, temperature=temperature,
+                            tie_break=tie_break, seed=seed)
 
 
 def score_neighbours(
     sims: np.ndarray, idx: np.ndarray, train_labels: np.ndarray, val_labels: np.ndarray, *, protocol: str,
-    ks: tuple[int, ...], temperature: float = 0.07,
+    ks: tuple[int, ...], temperature: float = 0.07, tie_break: str = "random", seed: int = 0,
 ) -> dict[str, float]:
     """Accuracies from the neighbours ``(Q, max(ks))`` (scores and train indices, nearest
-    first) of every val row; see ``knn_classify`` for the metric names."""
+    first) of every val row; see ``knn_classify`` for the metric names. ``tie_break`` /
+    ``seed``: the majority vote's rule (``distill.knn_vote``); every k uses the same seed."""
     spec = PROTOCOLS[protocol]
     num_classes = int(max(train_labels.max(), val_labels.max())) + 1
     neighbour_labels = np.asarray(train_labels)[idx]
     metrics: dict[str, float] = {}
     for k in ks:
         if spec["vote"] == "majority":
-            pred = majority_vote(neighbour_labels[:, :k], num_classes)
+            pred = majority_vote(neighbour_labels[:, :k], num_classes, tie_break=tie_break, seed=seed)
             metrics["nn" if k == 1 else f"knn{k}"] = 100.0 * float((pred == val_labels).mean())
         else:
             ranked = weighted_vote(neighbour_labels[:, :k], sims[:, :k], num_classes, temperature)
@@ -136,32 +100,67 @@ def knn(cfg: KnnConfig) -> dict:
     """Run a kNN evaluation on a features directory; returns a result record (see
     ``evaluate.results``)."""
     from evaluate.feature_set import iter_store_blocks, load_feature_set
+    from evaluate.label_subset import select_train_rows
     from evaluate.results import make_result
 
     start = time.perf_counter()
     backend, device = resolve_backend(cfg.backend, cfg.device, k=max(cfg.resolved_ks))
     fs = load_feature_set(cfg.features, load_train=not cfg.stream)
+    few = any(v is not None for v in (cfg.fraction, cfg.shots, cfg.subset_file))
+    subset_record = None
+    train_labels = fs.train.labels
+    rows = None
+    if few:
+        rows, subset_record = select_train_rows(fs.train.labels, fs.train.paths, fraction=cfg.fraction, shots=cfg.shots,
+                                                subset_file=cfg.subset_file, seed=cfg.seed)
+        train_labels = fs.train.labels[rows]
     if cfg.stream:
-        if max(cfg.resolved_ks) > fs.train.n:
-            raise FeatureError(f"k = {max(cfg.resolved_ks)} is larger than the train set ({fs.train.n} rows)")
-        sims, idx = search(fs.val.rows, iter_store_blocks(fs.train.source), max(cfg.resolved_ks),
+        if max(cfg.resolved_ks) > len(train_labels):
+            raise FeatureError(f"k = {max(cfg.resolved_ks)} is larger than the train set ({len(train_labels)} rows)")
+        blocks = iter_store_blocks(fs.train.source) if rows is None else _subset_blocks(iter_store_blocks(fs.train.source), rows)
+        sims, idx = search(fs.val.rows, blocks, max(cfg.resolved_ks),
                            metric=PROTOCOLS[cfg.protocol]["metric"], backend=backend, device=device, query_block=cfg.query_block)
-        metrics = score_neighbours(sims, idx, fs.train.labels, fs.val.labels, protocol=cfg.protocol,
-                                   ks=cfg.resolved_ks, temperature=cfg.temperature)
+        metrics = score_neighbours(sims, idx, train_labels, fs.val.labels, protocol=cfg.protocol,
+                                   ks=cfg.resolved_ks, temperature=cfg.temperature, tie_break=cfg.tie_break, seed=cfg.seed)
     else:
+        train_rows = fs.train.rows if rows is None else fs.train.rows[rows]
         metrics = knn_classify(
-            fs.train.rows, fs.train.labels, fs.val.rows, fs.val.labels,
-            protocol=cfg.protocol, ks=cfg.resolved_ks, temperature=cfg.temperature, backend=backend, device=device,
+            train_rows, train_labels, fs.val.rows, fs.val.labels,
+            protocol=cfg.protocol, ks=cfg.resolved_ks, temperature=cfg.temperature, tie_break=cfg.tie_break, seed=cfg.seed,
+            backend=backend, device=device,
             query_block=cfg.query_block, database_block=cfg.database_block,
         )
-    params = {**PROTOCOLS[cfg.protocol], **asdict(cfg), "tie_break": TIE_BREAK[cfg.protocol]}
+    params = {**PROTOCOLS[cfg.protocol], **asdict(cfg), "tie_break_rule": tie_break_rule(cfg.protocol, cfg.tie_break)}
     if cfg.protocol != "dino":
         params.pop("temperature")
+    else:
+        params.pop("tie_break")
     params["ks"] = list(cfg.resolved_ks)
+    params["train_rows_used"] = int(len(train_labels))
+    if subset_record is not None:
+        params["label_subset"] = subset_record
     return make_result("knn", cfg.protocol, metrics, params, fs, wall_time=time.perf_counter() - start, backend=f"{backend}:{device}")
 
 
+def _subset_blocks(blocks, rows: np.ndarray):
+    """Streamed ``(offset, rows)`` blocks restricted to the sorted train ``rows``, renumbered
+    ``0..M-1`` (the search's indices then index ``train_labels[rows]``)."""
+    done = 0
+    for offset, block in blocks:
+        lo, hi = np.searchsorted(rows, [offset, offset + len(block)])
+        if hi > lo:
+            yield done, block[rows[lo:hi] - offset]
+            done += int(hi - lo)
+
+
 TIE_BREAK = {
-    "compress": "neighbours by (distance, train index); majority ties -> class of the nearest neighbour",
+    "random": "neighbours by (distance, train index); majority ties -> a class drawn uniformly at random "
+              "among the top-voted (numpy default_rng(seed), one draw per query in val order)",
+    "nearest": "neighbours by (distance, train index); majority ties -> class of the nearest neighbour",
     "dino": "neighbours by (similarity desc, train index); equal class weights -> smaller class id",
 }
+
+
+def tie_break_rule(protocol: str, tie_break: str) -> str:
+    """The recorded description of a protocol's tie rule."""
+    return TIE_BREAK["dino"] if PROTOCOLS[protocol]["vote"] == "weighted" else TIE_BREAK[tie_break]

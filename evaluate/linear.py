@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from evaluate.config import LinearConfig
-from evaluate.label_subset import label_subset
+from evaluate.label_subset import select_train_rows
 
 __all__ = ["LinearConfig", "LinearProbe", "linear", "probe_accuracy", "scaled_milestones", "train_linear_probe"]
 
@@ -114,8 +114,8 @@ def linear(cfg: LinearConfig) -> dict:
 
     start = time.perf_counter()
     fs = load_feature_set(cfg.features)
-    labelled = np.flatnonzero(fs.train.labels >= 0)
-    subset = labelled[label_subset(fs.train.labels[labelled], fraction=cfg.fraction, shots=cfg.shots, seed=cfg.seed)]
+    subset, subset_record = select_train_rows(fs.train.labels, fs.train.paths, fraction=cfg.fraction, shots=cfg.shots,
+                                              subset_file=cfg.subset_file, seed=cfg.seed)
     probe = train_linear_probe(
         fs.train.rows[subset], fs.train.labels[subset], fs.num_classes, epochs=cfg.epochs, lr=cfg.lr,
         momentum=cfg.momentum, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, seed=cfg.seed, device=device,
@@ -124,6 +124,6 @@ def linear(cfg: LinearConfig) -> dict:
     metrics = probe_accuracy(probe, fs.val.rows, fs.val.labels, device)
     params = {**asdict(cfg), "milestones": scaled_milestones(cfg.epochs), "gamma": 0.1, "augmentation": "none (cached center crop)",
               "normalisation": "L2, then standardisation by whole-train-set statistics (all rows, labelled or not)",
-              "train_rows_used": int(len(subset))}
+              "train_rows_used": int(len(subset)), "label_subset": subset_record}
     return make_result("linear", "compress-fast", metrics, params, fs, wall_time=time.perf_counter() - start,
                        backend=f"torch:{device}")

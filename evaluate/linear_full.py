@@ -120,7 +120,7 @@ def linear_full(cfg: Any, after_epoch: Callable[[int], None] | None = None, *, d
     from evaluate.feature_set import load_feature_set
     from evaluate.features import ImageDataset
     from evaluate.image_folder import list_classes, list_split
-    from evaluate.label_subset import label_subset
+    from evaluate.label_subset import select_train_rows
     from evaluate.linear import probe_accuracy
     from evaluate.models import resolve_model
     from evaluate.results import make_result
@@ -133,7 +133,8 @@ def linear_full(cfg: Any, after_epoch: Callable[[int], None] | None = None, *, d
     if len(listing.paths) != fs.train.n or list(listing.paths) != list(fs.train.paths):
         raise FeatureError(f"{cfg.features}: the train features do not list the images of {cfg.data}/train in the same order")
     labels = np.asarray(listing.labels)
-    rows = label_subset(labels, fraction=cfg.fraction, shots=cfg.shots, seed=cfg.seed)
+    rows, subset_record = select_train_rows(labels, list(listing.paths), fraction=cfg.fraction, shots=cfg.shots,
+                                            subset_file=cfg.subset_file, seed=cfg.seed)
     train_tf = augmented_transform(resolved.transform)
     x = torch.from_numpy(fs.train.rows)
     identity = {"model": resolved.identity, "data": os.path.abspath(cfg.data), "features": fs.train.fingerprint,
@@ -148,6 +149,6 @@ def linear_full(cfg: Any, after_epoch: Callable[[int], None] | None = None, *, d
     params = {**asdict(cfg), "milestones": scaled_milestones(cfg.epochs), "gamma": 0.1,
               "augmentation": "RandomResizedCrop + RandomHorizontalFlip",
               "normalisation": "L2, then standardisation by whole-train-set statistics (center crop)",
-              "train_rows_used": int(len(rows))}
+              "train_rows_used": int(len(rows)), "label_subset": subset_record}
     return make_result("linear", "compress", metrics, params, fs, wall_time=time.perf_counter() - t0,
                        backend=f"torch:{device}", model=resolved.identity, dataset=os.path.abspath(cfg.data))

@@ -39,8 +39,12 @@ def make_result(
     model: dict[str, Any] | None = None,
     dataset: str | None = None,
     extra: dict[str, Any] | None = None,
+    split_sizes: dict[str, int] | None = None,
+    num_classes: int | None = None,
 ) -> dict[str, Any]:
-    """Build a result record (a JSON-ready dict)."""
+    """Build a result record (a JSON-ready dict). ``feature_set``: anything with
+    ``describe()``; a ``FeatureSet`` gives the split sizes and class count, which
+    ``split_sizes`` / ``num_classes`` otherwise give (e.g. retrieval's one split)."""
     features = feature_set.describe()
     return {
         "command": command,
@@ -50,8 +54,8 @@ def make_result(
         "features": features,
         "model": model,
         "dataset": dataset,
-        "split_sizes": {"train": feature_set.train.n, "val": feature_set.val.n},
-        "num_classes": feature_set.num_classes,
+        "split_sizes": split_sizes if split_sizes is not None else {"train": feature_set.train.n, "val": feature_set.val.n},
+        "num_classes": num_classes if num_classes is not None else feature_set.num_classes,
         "backend": backend,
         "wall_time_s": round(float(wall_time), 3),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -65,6 +69,22 @@ def write_result(result: dict[str, Any], path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_json_atomic(path, result)
     return path
+
+
+def track_result(result: dict[str, Any], out: str, loggers: tuple[str, ...], mlflow_uri: str | None = None) -> str:
+    """Send a result's metrics (step 0) and params to the experiment trackers
+    (``distill.tracking``): TensorBoard under ``<out dir>/tensorboard/<command>-<protocol>``, a
+    new MLflow run named after the result file in experiment ``compress-eval``. Returns where."""
+    from distill.tracking import Tracker
+
+    run_dir = os.path.dirname(os.path.abspath(out))
+    name = os.path.splitext(os.path.basename(out))[0]
+    tracker = Tracker(run_dir, loggers, mlflow_uri=mlflow_uri, name=name, experiment="compress-eval",
+                      params={"command": result["command"], "protocol": result["protocol"], **result["params"]},
+                      subdir=os.path.join("tensorboard", name), keep_run_id=False)
+    tracker.log(result["metrics"], 0)
+    tracker.close(finished=True)
+    return ", ".join(n for n in loggers if n != "jsonl") + f" ({run_dir})"
 
 
 def read_results(sources: list[str]) -> list[dict[str, Any]]:
@@ -120,7 +140,7 @@ def metric_table(result: dict[str, Any]) -> str:
     """A one-result table (metric | value) for the terminal, in markdown."""
     lines = [
         f"{result['command']} ({result['protocol']}) on {result_name(result)}: "
-        f"train {result['split_sizes']['train']}, val {result['split_sizes']['val']}, "
+        + ", ".join(f"{name} {n}" for name, n in result["split_sizes"].items()) + ", "
         f"backend {result['backend']}, {result['wall_time_s']:.2f} s",
         "",
         "| metric | value (%) |",

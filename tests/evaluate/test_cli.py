@@ -40,7 +40,8 @@ def test_knn_writes_result_with_protocol_and_fingerprints(feature_dir, tmp_path,
     assert result["protocol"] == protocol and result["params"]["ks"] in ([1, 20], [10, 20])
     assert result["split_sizes"] == {"train": 120, "val": 30}
     assert result["features"]["train"]["fingerprint"].startswith("sha256:") and len(result["features"]["train"]["fingerprint"]) == 71
-    assert result["params"]["tie_break"] and result["backend"].startswith("faiss")
+    assert result["params"]["tie_break_rule"] and result["backend"].startswith("faiss")
+    assert result["params"].get("tie_break") == ("random" if protocol == "compress" else None)
     assert result["params"]["metric"] == ("l2" if protocol == "compress" else "ip")
     assert ("temperature" in result["params"]) == (protocol == "dino")
     first = next(iter(result["metrics"].values()))

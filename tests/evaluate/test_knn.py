@@ -55,10 +55,10 @@ def test_search_streamed_blocks_equal_in_memory(backend: str) -> None:
 def test_majority_vote_tie_goes_to_nearest_class() -> None:
     labels = np.array([[3, 1, 1, 3, 2], [0, 2, 2, 0, 0], [4, 4, 1, 1, 1]])
     # row 0: 3 and 1 have two votes, 3 is nearest; row 1: 0 wins 3-2; row 2: 1 wins 3-2
-    np.testing.assert_array_equal(majority_vote(labels, 5), [3, 0, 1])
+    np.testing.assert_array_equal(majority_vote(labels, 5, tie_break="nearest"), [3, 0, 1])
     rng = np.random.default_rng(2)
     many = rng.integers(0, 4, size=(200, 6))
-    np.testing.assert_array_equal(majority_vote(many, 4), reference_majority(many))
+    np.testing.assert_array_equal(majority_vote(many, 4, tie_break="nearest"), reference_majority(many))
 
 
 def test_weighted_vote_matches_reference_and_orders_equal_scores_by_class() -> None:
@@ -77,7 +77,7 @@ def test_knn_classify_equals_reference(backend: str, protocol: str) -> None:
     rng = np.random.default_rng(4)
     train, val = tied_features(rng, 300, 5), tied_features(rng, 40, 5)
     train_labels, val_labels = rng.integers(0, 6, 300), rng.integers(0, 6, 40)
-    got = knn_classify(train, train_labels, val, val_labels, protocol=protocol, backend=backend, device="cpu",
+    got = knn_classify(train, train_labels, val, val_labels, protocol=protocol, backend=backend, device="cpu", tie_break="nearest",
                        ks=(1, 20) if protocol == "compress" else (10, 20, 100, 200), query_block=16, database_block=64)
     if protocol == "compress":
         _, idx = reference_neighbours(val, train, 20, "l2")
