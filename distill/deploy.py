@@ -134,7 +134,10 @@ def onnx_session(path: str, threads: int | None = None, device: str = "cpu") -> 
     providers = ["CPUExecutionProvider"]
     if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(path, options, providers=providers)
+    try:
+        return ort.InferenceSession(path, options, providers=providers)
+    except Exception as e:  # noqa: BLE001  (onnxruntime raises its own untyped errors)
+        raise CompressError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
 
 
 def _export_onnx(graph: DeployGraph, example: torch.Tensor, path: str) -> None:
@@ -185,7 +188,9 @@ def _write_torchscript(out: str, graph: DeployGraph, x: np.ndarray) -> dict[str,
     with torch.no_grad():
         reference = graph(torch.from_numpy(x)).numpy()
         traced = torch.jit.trace(graph, torch.from_numpy(x[:2]), check_trace=False)
-    write_path_atomic(out, lambda tmp: torch.jit.save(traced, tmp))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        write_path_atomic(out, lambda tmp: torch.jit.save(traced, tmp))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         loaded = torch.jit.load(out)
@@ -254,13 +259,16 @@ def export_deployable(cfg: ExportConfig) -> dict[str, Any]:
         parity_images, parity_source = random_images(PARITY_IMAGES, size, cfg.seed), f"{PARITY_IMAGES} random uint8 images (seed {cfg.seed})"
     graph = DeployGraph(backbone, mean, std, cfg.raw_input, cfg.normalize).eval()
     x = to_model_input(parity_images, cfg.raw_input, mean, std)
-    if fmt == "onnx":
-        checks = _write_onnx(cfg, graph, parity_images, calibration, mean, std)
-    elif fmt == "torchscript":
-        checks = _write_torchscript(cfg.out, graph, x)
-    else:
-        checks = _write_safetensors(target, backbone, get_student_spec(meta["student"]).builder,
-                                    to_model_input(parity_images, False, mean, std))
+    try:
+        if fmt == "onnx":
+            checks = _write_onnx(cfg, graph, parity_images, calibration, mean, std)
+        elif fmt == "torchscript":
+            checks = _write_torchscript(cfg.out, graph, x)
+        else:
+            checks = _write_safetensors(target, backbone, get_student_spec(meta["student"]).builder,
+                                        to_model_input(parity_images, False, mean, std))
+    except OSError as e:
+        raise CompressError(f"--out {target}: cannot write the export ({e.strerror or e})") from None
     graph_format = fmt in ("onnx", "torchscript")
     sidecar = {
         **meta, "format": fmt, "file": os.path.basename(target), "bytes": os.path.getsize(target),

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from evaluate.config import DEFAULT_FEATURES, ClusterConfig, KnnConfig, LinearConfig, SourceConfig
+from evaluate.latency_config import LatencyConfig
 from storage.cli_errors import compress_group
 from storage.config_options import CommaTuple, config_file_option, config_from_params, config_options
 from storage.errors import UsageError
@@ -122,7 +123,7 @@ def cluster(**params: Any) -> None:
 
 @main.command()
 @config_file_option
-@click.option("--model", required=True, help="Student run dir, exported .pth, teacher:NAME:WEIGHTS or torchvision:ARCH[:WEIGHTS].")
+@click.option("--model", required=True, help="Student run dir, exported .pth / .onnx / .pt (TorchScript) / .safetensors, teacher:NAME:WEIGHTS or torchvision:ARCH[:WEIGHTS].")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="ImageFolder-style root (train/, val/).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (OUT/train, OUT/val stores).")
 @click.option("--batch-size", type=int, default=None, help="Extraction batch size (default: FeaturesConfig's).")
@@ -154,6 +155,21 @@ def report(sources: tuple[str, ...], chart: str) -> None:
     click.echo(table)
     bar_chart(rows, cols, values, chart)
     click.echo(f"\nchart written to {chart}")
+
+
+@main.command()
+@config_file_option
+@click.option("--model", "models", multiple=True, required=True,
+              help="A model to time (repeatable): run dir, .pth, .onnx, .pt, .safetensors, teacher:... or torchvision:...")
+@config_options(LatencyConfig)
+def latency(models: tuple[str, ...], **params: Any) -> None:
+    """Median and p95 per-batch latency and img/s of every --model, interleaved (A B A B) in one run."""
+    from evaluate.latency import latency as run_latency
+
+    cfg = config_from_params(LatencyConfig, params, models=models, out=params.get("out") or os.path.join("eval-results", "latency.json"))
+    result = run_latency(cfg)
+    click.echo(result["table"])
+    click.echo(f"result written to {cfg.out}")
 
 
 if __name__ == "__main__":

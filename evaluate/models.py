@@ -6,7 +6,9 @@ Accepted forms:
 * ``torchvision:ARCH[:WEIGHTS]`` — any torchvision classification model, classifier replaced
   by ``Identity``; WEIGHTS is a state-dict file (strict loading), random weights (seed 0)
   without it. Preprocessing: ImageNet mean/std, Resize(size * 256/224) + CenterCrop(size);
-* a student run directory or an exported ``.pth`` (``distill.export.load_student``).
+* a student run directory or an exported ``.pth`` (``distill.export.load_student``);
+* a deployed export: ``FILE.onnx`` (onnxruntime), ``FILE.pt`` (TorchScript) or
+  ``DIR-or-FILE.safetensors`` (``evaluate.deployed``; the identity records the runtime and file).
 """
 
 from __future__ import annotations
@@ -138,5 +140,10 @@ def resolve_model(spec: str, *, image_size: int | None = None) -> ResolvedModel:
             raise UsageError(f"--model {spec!r}: weights file {weights} does not exist")
         return load_torchvision(parts[1], weights, image_size)
     if os.path.exists(spec):
+        from evaluate.deployed import is_deployed, load_deployed
+
+        if is_deployed(spec):
+            module, transform, identity = load_deployed(spec)
+            return ResolvedModel(module, transform, identity)
         return load_student_model(spec)
-    raise UsageError(f"--model {spec!r}: not a student run dir or .pth, nor teacher:NAME:WEIGHTS, nor torchvision:ARCH[:WEIGHTS]")
+    raise UsageError(f"--model {spec!r}: not a student run dir, .pth, .onnx, .pt or .safetensors export, nor teacher:NAME:WEIGHTS, nor torchvision:ARCH[:WEIGHTS]")
