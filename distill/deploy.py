@@ -185,7 +185,8 @@ def _write_onnx(cfg: ExportConfig, graph: DeployGraph, images: torch.Tensor, cal
 
 
 def _write_torchscript(out: str, graph: DeployGraph, x: np.ndarray) -> dict[str, Any]:
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
         reference = graph(torch.from_numpy(x)).numpy()
         traced = torch.jit.trace(graph, torch.from_numpy(x[:2]), check_trace=False)
     with warnings.catch_warnings():
