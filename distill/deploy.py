@@ -57,6 +57,8 @@ class DeployGraph(nn.Module):
     def __init__(self, backbone: nn.Module, mean: Any, std: Any, raw_input: bool, normalize: bool) -> None:
         super().__init__()
         self.backbone, self.raw_input, self.normalize = backbone, raw_input, normalize
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
 

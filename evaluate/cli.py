@@ -123,7 +123,8 @@ def cluster(**params: Any) -> None:
 
 @main.command()
 @config_file_option
-@click.option("--model", required=True, help="Student run dir, exported .pth / .onnx / .pt (TorchScript) / .safetensors, teacher:NAME:WEIGHTS or torchvision:ARCH[:WEIGHTS].")
+@click.option("--model", required=True, help="Student run dir, exported .pth / .onnx / .pt (TorchScript) / .safetensors, "
+                                             "teacher:NAME:WEIGHTS or torchvision:ARCH[:WEIGHTS].")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="ImageFolder-style root (train/, val/).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (OUT/train, OUT/val stores).")
 @click.option("--batch-size", type=int, default=None, help="Extraction batch size (default: FeaturesConfig's).")

@@ -43,7 +43,8 @@ class SourceConfig:
 
     features: str | None = setting(None, "Features or teacher-cache directory with train/ and val/ stores "
                                          f"(default: ./{DEFAULT_FEATURES} if present).")
-    model: str | None = setting(None, "Student run dir, exported .pth / .onnx / .pt (TorchScript) / .safetensors, teacher:NAME:WEIGHTS or torchvision:ARCH[:WEIGHTS].")
+    model: str | None = setting(None, "Student run dir, exported .pth / .onnx / .pt (TorchScript) / .safetensors, "
+                                      "teacher:NAME:WEIGHTS or torchvision:ARCH[:WEIGHTS].")
     data: str | None = setting(None, "ImageFolder-style root (train/, val/) to extract --model's features from.")
     feature_cache: str | None = setting(None, "Where --model/--data features are cached (default: RUN/eval/features or ./eval-cache).")
     image_size: int | None = setting(None, "Center-crop size for torchvision models.")

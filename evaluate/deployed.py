@@ -43,7 +43,7 @@ class OnnxBackbone(nn.Module):
         from distill.deploy import onnx_session
 
         self.path, self.raw_input = path, raw_input
-        self.session = onnx_session(path, threads=threads, device=device)
+        self.session: Any = onnx_session(path, threads=threads, device=device)
         self.input = self.session.get_inputs()[0].name
         self.runtime = "onnxruntime:" + ",".join(self.session.get_providers())
 
@@ -103,7 +103,7 @@ def load_deployed(path: str, *, threads: int | None = None, device: str = "cpu")
     module: nn.Module
     if fmt == "onnx":
         module = OnnxBackbone(path, bool(meta.get("raw_input")), threads=threads, device=device)
-        runtime = module.runtime  # type: ignore[assignment]
+        runtime = module.runtime
         weights = path
     elif fmt == "torchscript":
         with warnings.catch_warnings():

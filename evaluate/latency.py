@@ -65,6 +65,7 @@ def prepare(spec: str, cfg: LatencyConfig) -> list[Timed]:
     name = identity.get("name") or os.path.basename(os.path.normpath(spec))
     nbytes = _file_bytes(spec, identity, module)
     if isinstance(module, OnnxBackbone):
+        session, input_name = module.session, module.input
         dtype = np.uint8 if module.raw_input else np.float32
         inputs: dict[int, np.ndarray] = {}
 
@@ -73,7 +74,7 @@ def prepare(spec: str, cfg: LatencyConfig) -> list[Timed]:
                 rng = np.random.default_rng(0)
                 inputs[batch] = (rng.integers(0, 256, (batch, 3, size, size)) if module.raw_input
                                  else rng.standard_normal((batch, 3, size, size))).astype(dtype)
-            return module.session.run(None, {module.input: inputs[batch]})
+            return session.run(None, {input_name: inputs[batch]})
 
         return [Timed(name, module.runtime, size, nbytes, call_onnx)]
     module = module.to(device).eval()

@@ -146,4 +146,5 @@ def resolve_model(spec: str, *, image_size: int | None = None) -> ResolvedModel:
             module, transform, identity = load_deployed(spec)
             return ResolvedModel(module, transform, identity)
         return load_student_model(spec)
-    raise UsageError(f"--model {spec!r}: not a student run dir, .pth, .onnx, .pt or .safetensors export, nor teacher:NAME:WEIGHTS, nor torchvision:ARCH[:WEIGHTS]")
+    raise UsageError(f"--model {spec!r}: not a student run dir, .pth, .onnx, .pt or .safetensors export, "
+                     "nor teacher:NAME:WEIGHTS, nor torchvision:ARCH[:WEIGHTS]")
