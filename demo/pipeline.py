@@ -215,7 +215,7 @@ def deployed_rows(cfg: DemoConfig, run: str, data: str, student_row: dict[str, A
         features = model_features(files[name], data, os.path.join(feats, name.replace(" ", "-")), cfg)
         metrics = evaluate_features(features, os.path.join(cfg.out, "results", f"deploy-{i}"))
         profile = None if student_row.get("profile") is None else {**student_row["profile"], "images_per_s": timing[name]["images_per_s"]}
-        rows.append({"name": f"{student_row['name']} as {DEPLOY_LABELS[name]}", "features": features,
+        rows.append({"name": student_row["name"].replace(":", f" {DEPLOY_LABELS[name]}:", 1), "features": features,
                      "metrics": metrics, "profile": profile, "deploy": timing[name], "file": files[name]})
     return rows
 
