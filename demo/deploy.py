@@ -49,14 +49,21 @@ def export_student_files(out: str, run: str) -> dict[str, str]:
 def deploy_timing(run: str, files: dict[str, str], rounds: int = 50) -> dict[str, dict[str, Any]]:
     """``{"pytorch": ..., "onnx fp32": ..., "onnx int8": ...}``: ``bytes`` on disk (the safetensors
     file for PyTorch), ``b1_ms`` (median batch-1 latency), ``b1_images_per_s``, ``images_per_s``
-    (batch 256); all measured interleaved in this call, on the CPU."""
+    (batch 256); all measured interleaved in this call, on the CPU, one thread each."""
+    import torch
+
     from evaluate.latency import measure, prepare
     from evaluate.latency_config import LatencyConfig
 
-    cfg = LatencyConfig(models=(run,), batch=(1, 256), device="cpu")
-    models = prepare(run, cfg) + [t for name in EXPORTS for t in prepare(files[name], cfg)]
+    cfg = LatencyConfig(models=(run,), batch=(1, 256), device="cpu", threads=1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread for every runtime: comparable, and robust to a busy machine
+    try:
+        models = prepare(run, cfg) + [t for name in EXPORTS for t in prepare(files[name], cfg)]
+        rows = measure(models, (1,), warmup=10, rounds=rounds) + measure(models, (256,), warmup=1, rounds=5)
+    finally:
+        torch.set_num_threads(previous)
     keys = ["pytorch", *EXPORTS]
-    rows = measure(models, (1,), warmup=10, rounds=rounds) + measure(models, (256,), warmup=1, rounds=5)
     out: dict[str, dict[str, Any]] = {}
     for i, key in enumerate(keys):
         b1, b256 = rows[i], rows[len(keys) + i]

@@ -240,9 +240,9 @@ def results_table(rows: list[dict[str, Any]]) -> str:
         prof = r.get("profile")
         size = "-" if prof is None else f"{prof['params'] / 1e6:.3f} M"
         flops = "-" if prof is None else f"{prof['gflops']:.4f}"
-        speed = "-" if prof is None else f"{prof['images_per_s']:.0f}"
-        cells = [f"{r['metrics'][c]:.1f}" for c, *_ in METRICS]
         dep = r.get("deploy")
+        speed = f"{dep['images_per_s']:.0f}" if dep else "-" if prof is None else f"{prof['images_per_s']:.0f}"
+        cells = [f"{r['metrics'][c]:.1f}" for c, *_ in METRICS]
         disk = "-" if dep is None else f"{dep['bytes'] / 1e6:.3f}"
         b1 = "-" if dep is None else f"{dep['b1_ms']:.3f}"
         lines.append("| " + " | ".join([r["name"], *cells, size, flops, speed, disk, b1]) + " |")
@@ -264,9 +264,9 @@ def write_report(cfg: DemoConfig, rows: list[dict[str, Any]], summary: dict[str,
         f"(ImageNet-supervised) at {cfg.teacher_size} px; student: `{d.student}` at {d.input_size} px, distilled with "
         f"CompRess `{d.variant}` (bank {summary['bank_size']}, tau {d.t_teacher}, {d.epochs} epochs, no labels). Accuracies in % on val; "
         "kNN and cluster alignment as in docs/evaluate.md (cluster: 10 clusters, Hungarian on train); linear = fast probe on "
-        "frozen features. img/s: forward throughput on this machine, batch 256 (for the deployed rows and the PyTorch student, "
-        "measured interleaved with each other in this run). size: the file on disk (model.safetensors for the PyTorch student); "
-        "batch-1 ms: median CPU latency of one image.",
+        "frozen features. img/s: forward throughput on this machine, batch 256 (for the deployed rows and the PyTorch student: one "
+        "thread, measured interleaved with each other in this run). size: the file on disk (model.safetensors for the PyTorch student); "
+        "batch-1 ms: median CPU latency of one image (one thread).",
         "",
         table,
         "",
