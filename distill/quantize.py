@@ -4,7 +4,9 @@
 the student's eval preprocessing up to the crop: ``uint8 (N, 3, S, S)``. ``to_model_input``
 turns them into what a graph takes (normalised float32, or uint8 for ``--raw-input``).
 ``quantize_int8`` calibrates ONNX Runtime's static quantiser (QDQ format, per-channel
-symmetric INT8 weights, INT8 activations, MinMax ranges) on them; ``convert_fp16`` rewrites a
+symmetric INT8 weights, asymmetric UINT8 activations, MinMax ranges; U8S8 is x86's fast
+path: for resnet18 at 32 px, batch 1, one thread, it ran in 1.1 ms against 6.5 ms for fp32
+and 16.8 ms for INT8 activations) on them; ``convert_fp16`` rewrites a
 graph to float16 weights and activations with float32 inputs and outputs.
 """
 
@@ -97,7 +99,8 @@ class _Reader:
 
 
 def quantize_int8(fp32_path: str, out_path: str, calibration: np.ndarray) -> None:
-    """Static INT8 quantisation of ``fp32_path`` into ``out_path`` (QDQ, per-channel weights),
+    """Static INT8 quantisation of ``fp32_path`` into ``out_path`` (QDQ, per-channel int8 weights,
+    uint8 activations),
     activation ranges from ``calibration`` (the graph's input, ``(N, 3, S, S)``)."""
     q = require("onnxruntime.quantization", "--quantize int8")
     root = logging.getLogger()
@@ -105,7 +108,7 @@ def quantize_int8(fp32_path: str, out_path: str, calibration: np.ndarray) -> Non
     root.setLevel(logging.ERROR)  # its "consider pre-processing" advice is for transformer graphs
     try:
         q.quantize_static(fp32_path, out_path, _Reader(calibration), quant_format=q.QuantFormat.QDQ, per_channel=True,
-                          activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+                          activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
                           calibrate_method=q.CalibrationMethod.MinMax, extra_options={"ActivationSymmetric": False})
     finally:
         root.setLevel(level)
