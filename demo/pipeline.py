@@ -12,7 +12,10 @@ run left):
    pixels (the teacher's are the cache itself);
 5. ``results/``: kNN (CompRess and DINO protocols), fast linear probe and cluster alignment
    (10 clusters) for each, one table (``results.md``) and pictures (loss curve, cluster grid,
-   accuracy bar chart).
+   accuracy bar chart);
+6. ``student.onnx``, ``student.int8.onnx``, ``model.safetensors``: the distilled student
+   exported (``demo.deploy``); its ONNX fp32 and INT8 rows are evaluated like the PyTorch
+   one, with size on disk and batch-1 CPU latency measured in the same run.
 
 The teacher is ImageNet-*supervised* (no self-supervised CNN weights are available offline);
 the distillation itself uses no labels. Labels are used only by the evaluation.
@@ -197,18 +200,53 @@ def load_profiles(path: str, models: dict[str, tuple[Any, int]]) -> dict[str, di
     return {name: known[name] for name in models}
 
 
+DEPLOY_LABELS = {"onnx fp32": "ONNX fp32", "onnx int8": "ONNX INT8"}
+
+
+def deployed_rows(cfg: DemoConfig, run: str, data: str, student_row: dict[str, Any], feats: str) -> list[dict[str, Any]]:
+    """Export the student (``demo.deploy``), evaluate its ONNX fp32 and INT8 files like the
+    PyTorch student and time all three together; adds ``deploy`` to ``student_row``."""
+    from demo.deploy import EXPORTS, deploy_timing, export_student_files
+
+    files = export_student_files(cfg.out, run)
+    timing = deploy_timing(run, files)
+    student_row["deploy"] = timing["pytorch"]
+    rows = []
+    for i, name in enumerate(EXPORTS):
+        features = model_features(files[name], data, os.path.join(feats, name.replace(" ", "-")), cfg)
+        metrics = evaluate_features(features, os.path.join(cfg.out, "results", f"deploy-{i}"))
+        profile = None if student_row.get("profile") is None else {**student_row["profile"], "images_per_s": timing[name]["images_per_s"]}
+        rows.append({"name": student_row["name"].replace(":", f" {DEPLOY_LABELS[name]}:", 1), "features": features,
+                     "metrics": metrics, "profile": profile, "deploy": timing[name], "file": files[name]})
+    return rows
+
+
+def deploy_summary(student: dict[str, Any], fp32: dict[str, Any], int8: dict[str, Any]) -> dict[str, float]:
+    """The parity and speed ratios of the deployed rows (docs/deploy.md's targets)."""
+    return {
+        "onnx_knn20_delta": fp32["metrics"]["kNN-20"] - student["metrics"]["kNN-20"],
+        "int8_knn20_delta": int8["metrics"]["kNN-20"] - fp32["metrics"]["kNN-20"],
+        "int8_size_ratio": int8["deploy"]["bytes"] / fp32["deploy"]["bytes"],
+        "int8_b1_speedup": fp32["deploy"]["b1_ms"] / int8["deploy"]["b1_ms"],
+        "onnx_b1_speedup": student["deploy"]["b1_ms"] / fp32["deploy"]["b1_ms"],
+    }
+
+
 # ---- report ---------------------------------------------------------------------------------
 def results_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table: accuracy columns (%), parameters, GFLOPs, img/s."""
-    head = ["model", *[c for c, *_ in METRICS], "params", "GFLOPs", "img/s (CPU)"]
+    head = ["model", *[c for c, *_ in METRICS], "params", "GFLOPs", "img/s (CPU)", "size (MB)", "batch-1 ms (CPU)"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in rows:
         prof = r.get("profile")
         size = "-" if prof is None else f"{prof['params'] / 1e6:.3f} M"
         flops = "-" if prof is None else f"{prof['gflops']:.4f}"
-        speed = "-" if prof is None else f"{prof['images_per_s']:.0f}"
+        dep = r.get("deploy")
+        speed = f"{dep['images_per_s']:.0f}" if dep else "-" if prof is None else f"{prof['images_per_s']:.0f}"
         cells = [f"{r['metrics'][c]:.1f}" for c, *_ in METRICS]
-        lines.append("| " + " | ".join([r["name"], *cells, size, flops, speed]) + " |")
+        disk = "-" if dep is None else f"{dep['bytes'] / 1e6:.3f}"
+        b1 = "-" if dep is None else f"{dep['b1_ms']:.3f}"
+        lines.append("| " + " | ".join([r["name"], *cells, size, flops, speed, disk, b1]) + " |")
     return "\n".join(lines)
 
 
@@ -229,12 +267,16 @@ def write_report(cfg: DemoConfig, rows: list[dict[str, Any]], summary: dict[str,
         f"(ImageNet-supervised) at {cfg.teacher_size} px; student: `{d.student}` at {d.input_size} px, distilled with "
         f"CompRess `{d.variant}` (bank {summary['bank_size']}, tau {d.t_teacher}, {d.epochs} epochs, no labels). Accuracies in % on val; "
         "kNN and cluster alignment as in docs/evaluate.md (cluster: 10 clusters, Hungarian on train); linear = fast probe on "
-        "frozen features. img/s: forward throughput on this machine, batch 256.",
+        "frozen features. img/s: forward throughput on this machine, batch 256 (for the deployed rows and the PyTorch student: one "
+        "thread, measured interleaved with each other in this run). size: the file on disk (model.safetensors for the PyTorch student); "
+        "batch-1 ms: median CPU latency of one image (one thread).",
         "",
         table,
         "",
         f"Distilled student kNN-20 / teacher: {summary['knn_ratio']:.3f}; gain over the untrained student: "
         f"{summary['knn_gain']:+.1f} points. Wall time: {summary['wall_time_s']:.0f} s.",
+        "",
+        _deploy_line(summary["deploy"]),
         "",
         "![loss curve](loss_curve.png) ![accuracy](accuracy.png)",
         "",
@@ -247,6 +289,12 @@ def write_report(cfg: DemoConfig, rows: list[dict[str, Any]], summary: dict[str,
     write_json_atomic(os.path.join(out, "results.json"), {"config": _config_json(cfg), "summary": summary, "rows": rows})
     return {"table": md, "chart": chart, "loss_curve": os.path.join(out, "loss_curve.png"), "clusters": os.path.join(out, "clusters.png"),
             "tradeoff": os.path.join(out, "tradeoff.png")}
+
+
+def _deploy_line(d: dict[str, float]) -> str:
+    return (f"Deployed (student.onnx, student.int8.onnx, model.safetensors): kNN-20 ONNX fp32 - PyTorch {d['onnx_knn20_delta']:+.2f}, "
+            f"INT8 - fp32 {d['int8_knn20_delta']:+.2f} points; INT8 file {d['int8_size_ratio']:.2f}x the fp32 file; batch-1 CPU "
+            f"latency: ONNX fp32 {d['onnx_b1_speedup']:.2f}x faster than PyTorch eager, INT8 {d['int8_b1_speedup']:.2f}x faster than fp32.")
 
 
 def _config_json(cfg: DemoConfig) -> dict[str, Any]:
@@ -296,12 +344,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                                     grid=os.path.join(cfg.out, "clusters.png") if is_student else None,
                                     data_root=data if is_student else None)
         rows.append({"name": name, "features": features, "metrics": metrics, "profile": profiles.get(name)})
+    rows += deployed_rows(cfg, dcfg.out, data, rows[3], feats)
     teacher, untrained_row, student = rows[1]["metrics"], rows[2]["metrics"], rows[3]["metrics"]
     summary = {
         "source": source, "train": len(splits["train"].labels), "val": len(splits["val"].labels),
         "bank_size": min(dcfg.bank_size, len(splits["train"].labels)),
         "knn_ratio": student["kNN-20"] / teacher["kNN-20"], "knn_gain": student["kNN-20"] - untrained_row["kNN-20"],
         "wall_time_s": time.perf_counter() - start, "torch_threads": torch.get_num_threads(),
+        "deploy": deploy_summary(rows[3], rows[4], rows[5]),
     }
     files = write_report(cfg, rows, summary)
     return {"rows": rows, "summary": summary, "files": files, "table": results_table(rows)}

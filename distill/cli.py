@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from distill.config import VARIANTS, DistillConfig
+from distill.deploy_config import ExportConfig
 from storage.cli_errors import compress_group
 from storage.config_options import config_file_option, config_from_params, config_options
 
@@ -131,16 +132,27 @@ def neighbours(cache: str, k: int, block_rows: int, recompute: bool, device: str
 
 
 @main.command()
+@config_file_option
 @click.argument("run_dir")
-@click.option("--out", required=True, help="Path of the exported backbone .pth (a .json sidecar is written beside it).")
-@click.option("--allow-unfinished", is_flag=True, help="Export a run that has not trained all its epochs (the sidecar says so).")
-def export(run_dir: str, out: str, allow_unfinished: bool) -> None:
-    """Export RUN_DIR's student backbone as a torchvision-compatible state dict."""
-    from distill.export import export_student
+@click.option("--out", required=True, help="Output file: NAME.pth | NAME.onnx | NAME.pt (TorchScript) | NAME.safetensors or a "
+                                           "directory (model.safetensors + config.json); a .json sidecar is written beside it.")
+@config_options(ExportConfig)
+def export(run_dir: str, out: str, **params: Any) -> None:
+    """Export RUN_DIR's student backbone: a torchvision-compatible .pth state dict (default), ONNX
+    (fp32, --quantize int8 or fp16), TorchScript or safetensors (docs/deploy.md). Prints the file
+    size and the parity against the PyTorch backbone; a sidecar JSON records both."""
+    cfg = config_from_params(ExportConfig, params, run=run_dir, out=out)
+    if cfg.resolved_format == "pth":
+        from distill.export import export_student
 
-    meta = export_student(run_dir, out, allow_unfinished=allow_unfinished)
-    state = "finished" if meta["finished"] else f"UNFINISHED at epoch {meta['epoch']}, step {meta['steps']}"
-    click.echo(f"wrote {out} ({meta['architecture']}, {meta['feature_dim']}-d features, {meta['epochs']} epochs, {state})")
+        meta = export_student(run_dir, out, allow_unfinished=cfg.allow_unfinished)
+        state = "finished" if meta["finished"] else f"UNFINISHED at epoch {meta['epoch']}, step {meta['steps']}"
+        click.echo(f"wrote {out} ({meta['architecture']}, {meta['feature_dim']}-d features, {meta['epochs']} epochs, {state})")
+        return
+    from distill.deploy import describe, export_deployable
+
+    for line in describe(export_deployable(cfg)):
+        click.echo(line)
 
 
 if __name__ == "__main__":

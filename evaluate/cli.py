@@ -16,6 +16,7 @@ import click
 
 from distill.tracking import logger_options
 from evaluate.config import DEFAULT_FEATURES, MODEL_HELP, ClusterConfig, FeaturesConfig, KnnConfig, LinearConfig, RetrievalConfig, SourceConfig
+from evaluate.latency_config import LatencyConfig
 from storage.cli_errors import compress_group
 from storage.config_options import CommaTuple, config_file_option, config_from_params, config_options
 from storage.errors import CompressError, UsageError
@@ -196,6 +197,21 @@ def report(sources: tuple[str, ...], chart: str, tradeoff: str) -> None:
         click.echo(f"tradeoff plot written to {tradeoff}")
     else:
         click.echo("no tradeoff plot: no result has both a kNN-20 accuracy and a parameter count or latency")
+
+
+@main.command()
+@config_file_option
+@click.option("--model", "models", multiple=True, required=True,
+              help="A model to time (repeatable): run dir, .pth, .onnx, .pt, .safetensors, teacher:... or torchvision:...")
+@config_options(LatencyConfig)
+def latency(models: tuple[str, ...], **params: Any) -> None:
+    """Median and p95 per-batch latency and img/s of every --model, interleaved (A B A B) in one run."""
+    from evaluate.latency import latency as run_latency
+
+    cfg = config_from_params(LatencyConfig, params, models=models, out=params.get("out") or os.path.join("eval-results", "latency.json"))
+    result = run_latency(cfg)
+    click.echo(result["table"])
+    click.echo(f"result written to {cfg.out}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 SEARCH_BACKENDS = ("auto", "faiss", "torch")
 DEVICE_HELP = "auto (this process's GPU when CUDA is available, else cpu), cpu, cuda or cuda:N."
 DEFAULT_FEATURES = "cache"
-MODEL_HELP = "Student run dir, exported .pth, teacher:NAME:WEIGHTS or torchvision:ARCH[:WEIGHTS]."
+MODEL_HELP = ("Student run dir, exported .pth / .onnx / .pt (TorchScript) / .safetensors, teacher:NAME:WEIGHTS or "
+              "torchvision:ARCH[:WEIGHTS].")
 TIE_BREAKS = ("random", "nearest")  # distill.knn_vote.TIE_BREAKS (not imported here: no torch at --help)
 
 

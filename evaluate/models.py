@@ -10,6 +10,8 @@ Accepted forms:
 * a student run directory or an exported ``.pth`` (``distill.export.load_student``), any
   student architecture including ``timm:<model_name>`` (its preprocessing -- mean/std,
   interpolation, crop_pct -- is the ``eval_transform`` recipe the run or sidecar records).
+* a deployed export: ``FILE.onnx`` (onnxruntime), ``FILE.pt`` (TorchScript) or
+  ``DIR-or-FILE.safetensors`` (``evaluate.deployed``; the identity records the runtime and file).
 """
 
 from __future__ import annotations
@@ -146,5 +148,11 @@ def resolve_model(spec: str, *, image_size: int | None = None) -> ResolvedModel:
             raise UsageError(f"--model {spec!r}: weights file {weights} does not exist")
         return load_torchvision(parts[1], weights, image_size)
     if os.path.exists(spec):
+        from evaluate.deployed import is_deployed, load_deployed
+
+        if is_deployed(spec):
+            module, transform, identity = load_deployed(spec)
+            return ResolvedModel(module, transform, identity)
         return load_student_model(spec)
-    raise UsageError(f"--model {spec!r}: not a student run dir or .pth, nor teacher:NAME:WEIGHTS, nor torchvision:ARCH[:WEIGHTS]")
+    raise UsageError(f"--model {spec!r}: not a student run dir, .pth, .onnx, .pt or .safetensors export, "
+                     "nor teacher:NAME:WEIGHTS, nor torchvision:ARCH[:WEIGHTS]")

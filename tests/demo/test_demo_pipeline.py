@@ -31,7 +31,8 @@ def demo_run(tmp_path_factory):
 def test_the_distilled_student_beats_the_untrained_one_and_approaches_the_teacher(demo_run) -> None:
     cfg, result = demo_run
     rows = {r["name"].split(":")[0]: r for r in result["rows"]}
-    assert list(rows) == ["raw pixels", "teacher", "student untrained", "student CompRess"]
+    assert list(rows) == ["raw pixels", "teacher", "student untrained", "student CompRess",
+                          "student CompRess ONNX fp32", "student CompRess ONNX INT8"]
     teacher, untrained, student = (rows[k]["metrics"] for k in ("teacher", "student untrained", "student CompRess"))
     assert student["kNN-20"] >= untrained["kNN-20"] + 5
     assert student["kNN-20"] >= 0.93 * teacher["kNN-20"]
@@ -53,12 +54,25 @@ def test_the_report_files_are_written(demo_run) -> None:
     assert open(result["files"]["loss_curve"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_deployed_student_rows_keep_the_accuracy(demo_run) -> None:
+    cfg, result = demo_run
+    student, fp32, int8 = result["rows"][3], result["rows"][4], result["rows"][5]
+    assert "ONNX fp32:" in fp32["name"] and "ONNX INT8:" in int8["name"]
+    assert abs(fp32["metrics"]["kNN-20"] - student["metrics"]["kNN-20"]) <= 0.1
+    assert abs(int8["metrics"]["kNN-20"] - fp32["metrics"]["kNN-20"]) <= 1.0
+    for name in ("student.onnx", "student.int8.onnx", "model.safetensors", "config.json"):
+        assert os.path.isfile(os.path.join(cfg.out, name)), name
+    assert all(r["deploy"]["b1_ms"] > 0 and r["deploy"]["bytes"] > 0 for r in (student, fp32, int8))
+    assert "batch-1 ms" in open(result["files"]["table"]).read()
+
+
 def test_a_rerun_reuses_every_stage(demo_run) -> None:
     cfg, result = demo_run
     stamps = {p: os.path.getmtime(os.path.join(cfg.out, p)) for p in (
         "data/train/.complete", "cache/train/shard-00000.done", "cache/val/shard-00000.done",
         "features/student/train/shard-00000.done", "features/untrained/val/shard-00000.done",
         "features/pixels/val/shard-00000.done", "runs/untrained/student.pth", "results/3/knn.json", "results/profiles.json",
+        "student.onnx", "student.int8.onnx", "model.safetensors", "results/deploy-1/knn.json",
     )}
     again = run_demo(cfg)
     assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in result["rows"]]
