@@ -136,12 +136,15 @@ def custom_layout(prefix: str = "") -> Layout:
 # reading
 
 
-def read_checkpoint(path: str) -> object:
-    """``torch.load(path, map_location="cpu", weights_only=True)`` with errors naming the file."""
+def read_checkpoint(path: str, safe_globals: tuple[type, ...] = ()) -> object:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with errors naming the file;
+    ``safe_globals``: classes the file may also hold (e.g. ``argparse.Namespace`` in DINO's
+    training checkpoints), allow-listed for this call only."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such weights file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle errors come in many types; all mean the same to the user
         raise CheckpointError(
             f"{path}: cannot be read with torch.load(weights_only=True): {type(e).__name__}: {e}. "
@@ -149,7 +152,8 @@ def read_checkpoint(path: str) -> object:
         ) from None
 
 
-def _is_state_dict(obj: object) -> bool:
+def is_state_dict(obj: object) -> bool:
+    """A non-empty mapping of string keys to tensors."""
     return isinstance(obj, Mapping) and len(obj) > 0 and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
     )
@@ -162,11 +166,11 @@ def find_state_dict(obj: object, path: str = "<checkpoint>") -> tuple[dict[str, 
     holding a dict of tensors is used (so ``{'state_dict': ..., 'model': ...}`` files are not
     mis-routed the way CompRess's ``load_weights`` does).
     """
-    if _is_state_dict(obj):
+    if is_state_dict(obj):
         return dict(cast(Mapping[str, torch.Tensor], obj)), "top level"
     if isinstance(obj, Mapping):
         for key in STATE_DICT_KEYS:
-            if _is_state_dict(obj.get(key)):
+            if is_state_dict(obj.get(key)):
                 return dict(obj[key]), f"[{key!r}]"
         summary = ", ".join(f"{k!r}: {type(v).__name__}" for k, v in list(obj.items())[:12])
         raise CheckpointError(

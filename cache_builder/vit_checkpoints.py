@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cache_builder.checkpoints import CheckpointError, CheckpointKeyError, LoadReport, group_keys
+from cache_builder.checkpoints import CheckpointError, CheckpointKeyError, LoadReport, group_keys, is_state_dict, read_checkpoint
 
 
 class ViTCheckpointError(CheckpointError):
@@ -155,20 +155,7 @@ def read_weights(path: str) -> tuple[object, str]:
             f"Save its state dict once: python -c \"import torch; torch.save(torch.jit.load('{path}', "
             "map_location='cpu').state_dict(), 'clip.pth')\" and pass clip.pth"
         )
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True), path
-    except Exception as e:  # noqa: BLE001 - pickle errors come in many types; all mean the same to the user
-        raise ViTCheckpointError(
-            f"{path}: cannot be read with torch.load(weights_only=True): {type(e).__name__}: {e}. "
-            "Checkpoints are untrusted; re-save only the state dict (a dict of tensors) to load it."
-        ) from None
-
-
-def _is_state_dict(obj: object) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    )
+    return read_checkpoint(path, safe_globals=(argparse.Namespace,)), path
 
 
 @dataclass(frozen=True)
@@ -183,10 +170,10 @@ class Unwrapped:
 
 def unwrap(obj: object, path: str) -> Unwrapped:
     """Find the state dict, strip ``module.``, keep ``backbone.*`` and drop the heads beside it."""
-    if _is_state_dict(obj):
+    if is_state_dict(obj):
         sd, location = dict(obj), "top level"  # type: ignore[call-overload]
     elif isinstance(obj, Mapping):
-        key = next((k for k in CONTAINER_KEYS if _is_state_dict(obj.get(k))), None)
+        key = next((k for k in CONTAINER_KEYS if is_state_dict(obj.get(k))), None)
         if key is None:
             summary = ", ".join(f"{k!r}: {type(v).__name__}" for k, v in list(obj.items())[:12])
             raise ViTCheckpointError(

@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cache_builder.image_list import ImageList
+from cache_builder.image_list import ImageList, discover_splits
 from distill.data import ReferenceImages, normalise
 from distill.knn_vote import weighted_vote
 from distill.precision import autocast
 from distill.students import Student, eval_transform_recipe
+from distill.targets import store_listing
 from distill.topk import search
 from storage.cache_layout import split_store_paths
 from storage.errors import UsageError
@@ -82,10 +83,7 @@ class PeriodicEval:
         store.require_complete("evaluation during distillation")
         meta = store.load_metadata()
         keep = np.flatnonzero(meta.labels >= 0)
-        root = str(store.provenance.get("data_root") or "")
-        if not os.path.isdir(root):  # a moved dataset: val/ next to the train root
-            root = os.path.join(os.path.dirname(targets.images.root.rstrip("/")), "val")
-        self.val_images = ImageList(root, tuple(meta.paths[i] for i in keep), tuple(int(meta.labels[i]) for i in keep))
+        self.val_images = self._val_listing(cfg, store).subset([int(i) for i in keep])
         self.val_labels = meta.labels[keep].astype(np.int64)
         self.val_teacher = np.asarray(store.load_all(), dtype=np.float32)[keep]
         n = len(targets.images)
@@ -96,6 +94,22 @@ class PeriodicEval:
         self.train_labels = np.asarray(targets.images.labels, dtype=np.int64)[rows.numpy()]
         if (self.train_labels < 0).all():
             raise UsageError(f"--eval-every: the train split of {cfg.cache} has no labels; kNN needs them (or --eval-every 0)")
+
+    @staticmethod
+    def _val_listing(cfg: Any, store: Any) -> ImageList:
+        """The images of the cache's val store, read from where the data is (folders, tar shards or
+        Parquet) and checked row by row against the store: the ``val`` split of ``--data`` when it
+        has one, else the val root the cache recorded, else ``val`` beside the train root."""
+        columns = {"image_column": cfg.image_column, "label_column": cfg.label_column}
+        splits = discover_splits(cfg.data, **columns)
+        if "val" in splits:
+            listing = splits["val"]
+        else:
+            root = str(store.provenance.get("data_root") or "")
+            if "://" not in root and not os.path.exists(root):  # a moved dataset: val/ beside the train root
+                root = os.path.join(os.path.dirname(str(cfg.data).rstrip("/")), "val")
+            listing = discover_splits(root, **columns)["train"]
+        return store_listing(store, listing, cfg.data)[0]
 
     @classmethod
     def create(cls, cfg: Any, targets: Any, input_size: int, device: torch.device, rank: int = 0) -> PeriodicEval | None:

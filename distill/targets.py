@@ -114,9 +114,10 @@ def train_store_path(cache: str) -> str:
     return train[0] if train else paths[0]
 
 
-def training_listing(store: Store, listing: ImageList, data: str) -> tuple[ImageList, tuple[dict[str, Any], ...]]:
-    """The images the cache rows describe: ``listing`` minus the images the cache recorded as
-    skipped (``--skip-bad``), compared with the cache's paths row by row.
+def store_listing(store: Store, listing: ImageList, data: str) -> tuple[ImageList, tuple[dict[str, Any], ...]]:
+    """The images the rows of ``store`` (a split of a cache) describe: ``listing`` (that split of
+    the data) minus the images the cache recorded as skipped (``--skip-bad``), compared with the
+    store's paths row by row.
 
     Raises:
         CacheMismatchError: a skipped record that is not the listed image at its index, or a
@@ -206,7 +207,7 @@ def load_targets(cache: str, data: str, device: torch.device, shared: bool = Fal
     recorded = source if isinstance(source, dict) else {}
     listing = discover_splits(data, image_column=image_column or recorded.get("image_column"),
                               label_column=label_column or recorded.get("label_column"))["train"]
-    images, skipped = training_listing(store, listing, data)
+    images, skipped = store_listing(store, listing, data)
     if trust_data:
         log.info("%s: --trust-data: the images' sizes and mtimes are not compared with the cache's", store.path)
     else:

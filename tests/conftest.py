@@ -39,6 +39,20 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline: HF_HUB_OFFLINE=1 and any socket connection raises."""
+    import socket
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access attempted: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
 @pytest.fixture(autouse=True)
 def _one_line_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     """CLI tests see the errors a user sees, whatever COMPRESS_DEBUG the shell running pytest has."""

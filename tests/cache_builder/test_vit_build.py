@@ -27,17 +27,8 @@ from tests.images import write_image_folder
 
 SIZE = 32
 
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Every test here runs offline: HF_HUB_OFFLINE=1 and any socket connection raises."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+# every test here runs offline (tests/conftest.py: no_network)
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 @pytest.fixture
@@ -203,7 +194,7 @@ def test_safetensors_file_builds(shallow, data, tmp_path) -> None:
 
 def test_timm_teacher_builds_offline_from_hub_dir_and_pth(data, tmp_path) -> None:
     """No monkeypatched depth: the hub directory's config.json says depth 1 (model_args), its
-    pretrained_cfg the preprocessing; the socket guard (autouse) fails any connection."""
+    pretrained_cfg the preprocessing; the socket guard (no_network) fails any connection."""
     import timm
 
     assert os.environ["HF_HUB_OFFLINE"] == "1"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import zipfile
 
 import pytest
@@ -21,17 +20,8 @@ from tests.cache_builder import vit_layouts as lay
 
 DEPTH = {"depth": 1}
 
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Every test here runs offline: HF_HUB_OFFLINE=1 and any socket connection raises."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+# every test here runs offline (tests/conftest.py: no_network)
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 def images(size: int, n: int = 2, seed: int = 0) -> torch.Tensor:
