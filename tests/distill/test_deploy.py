@@ -217,3 +217,26 @@ def test_the_pth_export_is_unchanged(run, tmp_path) -> None:
     result = CliRunner().invoke(main, ["export", run, "--out", str(tmp_path / "s.pth")])
     assert result.exit_code == 0, result.output
     assert json.load(open(tmp_path / "s.json"))["architecture"] == "tiny_cnn"
+
+
+def test_timm_student_exports_to_every_format_with_the_same_embeddings(tmp_path) -> None:
+    import timm
+
+    pth = str(tmp_path / "m.pth")
+    export_untrained("timm:mobilenetv3_small_050", 16, 32, pth)
+    u8 = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    side = _export(pth, str(tmp_path / "m.onnx"), allow_unfinished=True)
+    x = normalise(u8, side["mean"], side["std"])
+    ref = _reference(pth, u8)
+    assert F.cosine_similarity(torch.from_numpy(_onnx(str(tmp_path / "m.onnx"), x.numpy())), torch.from_numpy(ref)).min() >= 0.9999
+    _export(pth, str(tmp_path / "m.pt"), allow_unfinished=True)
+    with torch.no_grad():
+        scripted = F.normalize(torch.jit.load(str(tmp_path / "m.pt"))(x), dim=1).numpy()
+    np.testing.assert_allclose(scripted, ref, atol=1e-5)
+    _export(pth, str(tmp_path / "st"), allow_unfinished=True)
+    config = json.load(open(tmp_path / "st" / "config.json"))
+    assert config["architecture"] == "timm:mobilenetv3_small_050"
+    model = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=0)  # as a user without CompRess does it
+    model.load_state_dict(load_file(str(tmp_path / "st" / "model.safetensors")), strict=True)
+    with torch.no_grad():
+        np.testing.assert_allclose(F.normalize(model.eval()(x), dim=1).numpy(), ref, atol=1e-5)
