@@ -51,11 +51,11 @@ def sample_images(listing: ImageList, count: int, seed: int, recipe: dict[str, A
     ``{"images", "seed", "fingerprint", "listing"}`` (sha256 of the chosen paths and recipe)."""
     from torchvision import transforms as T
 
-    from cache_builder.image_decode import decode_image, rgb_image
+    from cache_builder.image_decode import rgb_image
 
     rows = sample_rows(len(listing), count, seed)
     tf = T.Compose([T.Lambda(rgb_image), T.Resize(recipe["resize"], antialias=True), T.CenterCrop(recipe["crop"]), T.PILToTensor()])
-    images = torch.stack([tf(decode_image(listing.absolute(int(r)))) for r in rows])
+    images = torch.stack([tf(listing.decode(int(r))) for r in rows])  # folders, tar shards or Parquet alike
     h = hashlib.sha256(repr((recipe["resize"], recipe["crop"], seed)).encode())
     for r in rows:
         h.update(f"{listing.paths[int(r)]}\n".encode())

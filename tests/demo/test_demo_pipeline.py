@@ -59,7 +59,10 @@ def test_the_deployed_student_rows_keep_the_accuracy(demo_run) -> None:
     student, fp32, int8 = result["rows"][3], result["rows"][4], result["rows"][5]
     assert "ONNX fp32:" in fp32["name"] and "ONNX INT8:" in int8["name"]
     assert abs(fp32["metrics"]["kNN-20"] - student["metrics"]["kNN-20"]) <= 0.1
-    assert abs(int8["metrics"]["kNN-20"] - fp32["metrics"]["kNN-20"]) <= 1.0
+    # INT8 loses at most 1.0 point; on these 500 val images (0.2 point each) the random tie-break
+    # of slightly different features moves kNN-20 by up to about +-1.2 points either way
+    assert fp32["metrics"]["kNN-20"] - int8["metrics"]["kNN-20"] <= 1.0
+    assert abs(int8["metrics"]["kNN-20"] - fp32["metrics"]["kNN-20"]) <= 2.0
     for name in ("student.onnx", "student.int8.onnx", "model.safetensors", "config.json"):
         assert os.path.isfile(os.path.join(cfg.out, name)), name
     assert all(r["deploy"]["b1_ms"] > 0 and r["deploy"]["bytes"] > 0 for r in (student, fp32, int8))
