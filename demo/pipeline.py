@@ -294,7 +294,8 @@ def write_report(cfg: DemoConfig, rows: list[dict[str, Any]], summary: dict[str,
 def _deploy_line(d: dict[str, float]) -> str:
     return (f"Deployed (student.onnx, student.int8.onnx, model.safetensors): kNN-20 ONNX fp32 - PyTorch {d['onnx_knn20_delta']:+.2f}, "
             f"INT8 - fp32 {d['int8_knn20_delta']:+.2f} points; INT8 file {d['int8_size_ratio']:.2f}x the fp32 file; batch-1 CPU "
-            f"latency: ONNX fp32 {d['onnx_b1_speedup']:.2f}x faster than PyTorch eager, INT8 {d['int8_b1_speedup']:.2f}x faster than fp32.")
+            f"latency speed-up: ONNX fp32 {d['onnx_b1_speedup']:.2f}x over PyTorch eager, INT8 {d['int8_b1_speedup']:.2f}x over fp32 "
+            "(below 1: slower).")
 
 
 def _config_json(cfg: DemoConfig) -> dict[str, Any]:
