@@ -61,3 +61,26 @@ def losses(out: str) -> list[float]:
 def agreements(out: str, key: str = "agreement") -> list[float]:
     """The probe metric ``key`` (``agreement``: top-1; ``overlap10``: top-10 overlap) per log line."""
     return [r[key] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if key in r]
+
+
+def kill_and_resume(cmd: list[str], env: dict[str, str], out: str, after: int, deadline_s: float = 120) -> int:
+    """Start ``cmd`` (a ``compress-distill run`` writing to ``out``) in a subprocess, SIGKILL it
+    once ``metrics.jsonl`` holds at least ``after`` losses (or at ``deadline_s``), then rerun it
+    to completion (asserting exit 0). Returns how many losses there were at the kill."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import REPO_ROOT
+
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = os.path.join(out, "metrics.jsonl")
+    deadline = time.time() + deadline_s
+    while time.time() < deadline and (not os.path.exists(metrics) or len(losses(out)) < after):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = len(losses(out))
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return killed_at

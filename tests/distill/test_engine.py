@@ -5,10 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -18,8 +15,7 @@ from distill.engine import run
 from distill.export import export_student, load_student
 from distill.run_identity import RunMismatchError
 from distill.targets import CacheMismatchError
-from tests.conftest import REPO_ROOT
-from tests.distill.synthetic import agreements, losses, make_cache, make_images, tiny
+from tests.distill.synthetic import agreements, kill_and_resume, losses, make_cache, make_images, tiny
 
 
 @pytest.fixture(scope="module")
@@ -72,17 +68,8 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_loss_sequence(setup, tmp_pat
            "--input-size", "16", "--bank-size", "48", "--batch-size", "16", "--epochs", "3", "--lr", "0.1", "--lr-steps", "",
            "--crop-scale", "0.5,1.0", "--workers", "0", "--log-every", "1", "--ckpt-every", "2", *cli_options]
     env = {**python_env, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    metrics = os.path.join(out, "metrics.jsonl")
-    deadline = time.time() + 120
-    while time.time() < deadline and (not os.path.exists(metrics) or len(losses(out)) < 7):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = len(losses(out))
+    killed_at = kill_and_resume(cmd, env, out, after=7)
     assert 7 <= killed_at < len(expected), "the kill must land mid-run"
-    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
     got = losses(out)
     assert len(got) == len(expected)
     assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)

@@ -24,7 +24,7 @@ from distill.export import export_student, load_student
 from distill.run_identity import RunMismatchError
 from storage.errors import UsageError
 from tests.conftest import REPO_ROOT
-from tests.distill.synthetic import agreements, losses, tiny
+from tests.distill.synthetic import agreements, kill_and_resume, losses, tiny
 from tests.images import write_image_folder
 
 SAME_VIEWS = dict(variant="1q", crop_scale=(1.0, 1.0), epochs=3)
@@ -166,8 +166,6 @@ def test_an_online_run_exports_and_evaluates(setup, tmp_path) -> None:
 @pytest.mark.slow
 def test_sigkill_then_rerun_gives_the_uninterrupted_online_losses(setup, tmp_path, python_env) -> None:
     """The CLI path: an online run killed mid-run and rerun reproduces the uninterrupted losses."""
-    import signal
-    import time
 
     _, data, weights, _ = setup
     reference = str(tmp_path / "reference")
@@ -180,14 +178,6 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_online_losses(setup, tmp_pat
            "--lr-steps", "", "--crop-scale", "0.5,1.0", "--workers", "0", "--log-every", "1", "--ckpt-every", "2",
            "--probe-size", "64", "--no-progress"]
     env = {**python_env, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    metrics = os.path.join(out, "metrics.jsonl")
-    deadline = time.time() + 600  # generous: a loaded machine starts the subprocess slowly
-    while time.time() < deadline and (not os.path.exists(metrics) or len(losses(out)) < 3):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 3 <= len(losses(out)) < len(expected), "the kill must land mid-run (after the step-2 checkpoint)"
-    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    killed_at = kill_and_resume(cmd, env, out, after=3, deadline_s=600)  # generous: a loaded machine starts it slowly
+    assert 3 <= killed_at < len(expected), "the kill must land mid-run (after the step-2 checkpoint)"
     assert losses(out) == pytest.approx(expected, rel=1e-5, abs=1e-6)

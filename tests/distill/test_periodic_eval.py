@@ -6,10 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -17,8 +14,7 @@ import torch
 from distill.engine import run
 from distill.periodic_eval import resolve_eval_every
 from storage.errors import UsageError
-from tests.conftest import REPO_ROOT
-from tests.distill.synthetic import CLASSES, losses, make_cache, tiny
+from tests.distill.synthetic import CLASSES, kill_and_resume, losses, make_cache, tiny
 from tests.images import write_image_folder
 
 
@@ -74,16 +70,7 @@ def test_sigkill_then_rerun_with_evaluation_gives_the_uninterrupted_losses(val_s
            "--crop-scale", "0.5,1.0", "--workers", "0", "--log-every", "1", "--ckpt-every", "2", "--variant", "2q-momentum",
            "--momentum", "0.9", "--probe-size", "64", "--eval-every", "1", "--eval-train-size", "40"]
     env = {**python_env, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    metrics = os.path.join(out, "metrics.jsonl")
-    deadline = time.time() + 120
-    while time.time() < deadline and (not os.path.exists(metrics) or len(losses(out)) < 8):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 8 <= len(losses(out)) < len(expected), "the kill must land mid-run"
-    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert 8 <= kill_and_resume(cmd, env, out, after=8) < len(expected), "the kill must land mid-run"
     assert losses(out) == pytest.approx(expected, rel=1e-5, abs=1e-6)
     knn_epochs = [r["epoch"] for r in records(out) if "knn_top1" in r]
     assert knn_epochs == [1, 2, 3]  # no duplicate evaluation lines after the resume
