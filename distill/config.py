@@ -119,7 +119,7 @@ class DistillConfig:
     eval_every: int | None = setting(None, "Evaluate the student's backbone (kNN-20, DINO protocol, val vs train, eval "
                                            "transform) every N epochs and after the last, logged as knn_top1 [default: 5 "
                                            "evaluations over the run when the cache has a labelled val split, else off]; 0: off.")
-    eval_train_size: int = setting(5_000, "Train rows (a fixed seeded subsample) the evaluation's val images are "
+    eval_train_size: int = setting(2_000, "Train rows (a fixed seeded subsample) the evaluation's val images are "
                                            "compared with; 0: all.")
     loggers: tuple[str, ...] = setting(("jsonl",), "Experiment trackers (--logger, repeatable; distill.tracking).", cli=False)
     mlflow_uri: str | None = setting(None, "MLflow tracking URI (a local store): default sqlite:///<run dir>/mlflow.db; "

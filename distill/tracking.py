@@ -10,7 +10,7 @@ Resuming continues the same runs without duplicate steps: TensorBoard's writer i
 the same directory with ``purge_step`` = the first step logged again (TensorBoard discards the
 older events from that step on); the MLflow run id is kept in ``RUN/mlflow_run_id`` and steps at
 or below the last one MLflow already holds are not sent again (a resumed run reproduces them
-exactly). Missing packages: one line naming the extra (``pip install 'compress[tensorboard]'``).
+exactly). Missing packages: one line naming the extra (``pip install 'compress-distill[tensorboard]'``).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _require(module: str, logger: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
-        raise MissingTrackerError(f"--logger {logger} needs the {module} package: pip install 'compress[{EXTRAS[logger]}]'")
+        raise MissingTrackerError(f"--logger {logger} needs the {module} package: pip install 'compress-distill[{EXTRAS[logger]}]'")
 
 
 def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
