@@ -47,7 +47,7 @@ def test_check_loggers_and_missing_package(monkeypatch) -> None:
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
-    with pytest.raises(MissingTrackerError, match=r"pip install 'compress\[mlflow\]'"):
+    with pytest.raises(MissingTrackerError, match=r"pip install 'compress-distill\[mlflow\]'"):
         Tracker("/tmp/unused-tracker", ("mlflow",))
 
 
