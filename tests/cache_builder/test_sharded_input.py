@@ -195,3 +195,20 @@ def test_parquet_columns_raw_bytes_and_bad_column_names(data, tmp_path) -> None:
         discover_splits(raw, label_column="y")
     unlabelled = discover_splits(raw, label_column=None, image_column="image")["train"]
     assert unlabelled.labels == listing.labels  # 'label' is found by name
+
+
+def test_cluster_grid_thumbnails_come_from_shards_too(data, tmp_path) -> None:
+    from PIL import Image
+
+    from evaluate.cluster_grid import save_cluster_grid
+
+    grids = {}
+    for kind in ("folder", "tar", "parquet"):
+        fs = load_feature_set(extract_features(FeaturesConfig(model="torchvision:resnet18", data=data[kind],
+                                                              out=str(tmp_path / kind), image_size=16, batch_size=8))["out"])
+        clusters = np.arange(len(fs.train.paths)) % 2
+        path = save_cluster_grid(str(tmp_path / f"{kind}.png"), data[kind], list(fs.train.paths), clusters,
+                                 n_clusters=2, per_cluster=3, thumb=8)
+        grids[kind] = np.asarray(Image.open(path))
+    np.testing.assert_array_equal(grids["tar"], grids["folder"])  # the same rows, read from the shards
+    np.testing.assert_array_equal(grids["parquet"], grids["folder"])
