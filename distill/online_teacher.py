@@ -41,6 +41,7 @@ from cache_builder.image_list import ImageList, discover_splits
 from cache_builder.teachers import AnySpec, TeacherSpec, load_teacher_spec, resolve_spec
 from cache_builder.transforms import channel_constants
 from distill.config import DistillConfig
+from distill.precision import autocast
 from storage.hashing import file_sha256
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,6 @@ class OnlineTeacher:
                     "weights_sha256": self.weights_sha256, "preprocessing": self.spec.preprocessing(), "dim": self.dim}
         return "online:sha256:" + hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
-    def _autocast(self) -> torch.autocast:
-        gpu = self.device.type == "cuda"
-        dtype = torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype, enabled=gpu)
-
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, 3, S, S)`` (any device) -> float32 L2-normalised ``(B, D)`` on the device."""
         x = images.to(self.device, non_blocking=True)
@@ -102,7 +98,7 @@ class OnlineTeacher:
                 x = (x - m) / s
             if self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            with self._autocast():
+            with autocast(self.device):
                 out = self.model(x)
             out = F.normalize(out.float(), dim=1)
         return out.clone()  # a normal tensor (not an inference tensor): it enters the loss and the banks

@@ -35,7 +35,7 @@ from distill.knn_vote import weighted_vote
 from distill.precision import autocast
 from distill.students import Student, eval_transform_recipe
 from distill.targets import store_listing
-from distill.topk import search
+from distill.topk import l2_normalize, search
 from storage.cache_layout import split_store_paths
 from storage.errors import UsageError
 
@@ -134,7 +134,7 @@ class PeriodicEval:
     def reference(self) -> dict[str, float]:
         """``{"teacher_knn_top1": %}``: the cached teacher embeddings under the same protocol."""
         teacher = self.targets.embeddings[self.train_rows.to(self.targets.embeddings.device)].float().cpu().numpy()
-        return {"teacher_knn_top1": self.knn_top1(_l2(teacher), _l2(self.val_teacher))}
+        return {"teacher_knn_top1": self.knn_top1(l2_normalize(teacher), l2_normalize(self.val_teacher))}
 
     @torch.no_grad()
     def _features(self, student: Student, images: ImageList, rows: list[int]) -> np.ndarray:
@@ -147,7 +147,7 @@ class PeriodicEval:
             x = normalise(batch.to(self.device), student.spec.mean, student.spec.std)
             with autocast(self.device):
                 out.append(student.backbone(x).float().cpu())
-        return _l2(torch.cat(out).numpy())
+        return l2_normalize(torch.cat(out).numpy())
 
     def evaluate(self, student: Student) -> dict[str, float]:
         """``{"knn_top1": %, "eval_train_rows": M, "eval_s": seconds}`` for the student now; its
@@ -164,8 +164,3 @@ class PeriodicEval:
                 student.train(was_training)
             top1 = self.knn_top1(train, val)
         return {"knn_top1": top1, "eval_train_rows": int(len(self.train_rows)), "eval_s": round(time.perf_counter() - start, 3)}
-
-
-def _l2(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

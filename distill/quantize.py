@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from cache_builder.image_list import ImageList
+from cache_builder.transforms import normalize_batch
 from storage.errors import CompressError
 
 
@@ -69,16 +70,9 @@ def random_images(count: int, size: int, seed: int) -> torch.Tensor:
     return torch.randint(0, 256, (count, 3, size, size), generator=g, dtype=torch.uint8)
 
 
-def normalise(images: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
-    """uint8 ``(B, 3, S, S)`` -> float32 ``(x / 255 - mean) / std`` (exactly ToTensor + Normalize)."""
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - m) / s
-
-
 def to_model_input(images: torch.Tensor, raw_input: bool, mean: Any, std: Any) -> np.ndarray:
     """What the graph's ``images`` input takes: the uint8 batch itself, or normalised float32."""
-    return images.numpy() if raw_input else normalise(images, mean, std).numpy()
+    return images.numpy() if raw_input else normalize_batch(images, mean, std).numpy()
 
 
 class _Reader:

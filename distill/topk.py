@@ -29,6 +29,12 @@ BACKENDS = ("auto", "torch", "faiss")
 FAISS_GPU_MAX_K = 2048  # faiss-gpu's k-selection limit
 
 
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` ``(N, D)`` scaled to unit L2 norm (zero rows stay zero), float32."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def merge_topk(
     scores_a: torch.Tensor, index_a: torch.Tensor, scores_b: torch.Tensor, index_b: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

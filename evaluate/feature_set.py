@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.topk import l2_normalize
 from evaluate.errors import FeatureError
 
 __all__ = ["FeatureError", "FeatureSet", "FeatureSplit", "iter_store_blocks", "l2_normalize", "load_feature_set", "load_split"]
@@ -81,13 +82,6 @@ class FeatureSet:
 
     def describe(self) -> dict:
         return {"dir": self.root, "train": self.train.describe(), "val": self.val.describe()}
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` ``(N, D)`` scaled to unit L2 norm (zero rows stay zero), float32."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
 
 
 def load_split(path: str, *, require_labels: bool = True, load: bool = True) -> FeatureSplit:

@@ -15,11 +15,12 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from cache_builder.transforms import normalize_batch as normalise
 from distill.cli import main
 from distill.deploy import export_deployable
 from distill.deploy_config import ExportConfig
 from distill.export import export_untrained, load_student
-from distill.quantize import normalise, sample_images
+from distill.quantize import sample_images
 from tests.distill.deploy_fixtures import make_run
 
 
