@@ -13,7 +13,6 @@ graph to float16 weights and activations with float32 inputs and outputs.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 from typing import Any
 
@@ -23,21 +22,16 @@ import torch
 from cache_builder.image_list import ImageList
 from cache_builder.transforms import normalize_batch
 from storage.errors import CompressError
+from storage.package import MissingPackageError, require_module
 
 
-class MissingDependencyError(CompressError):
+class MissingDependencyError(MissingPackageError):
     """An optional runtime (onnx, onnxruntime) is not installed."""
 
 
 def require(module: str, purpose: str) -> Any:
-    """``import module`` or raise ``MissingDependencyError`` naming the package and the extra."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        package = module.split(".")[0]
-        raise MissingDependencyError(
-            f"{purpose} needs the '{package}' package, which is not installed: pip install 'compress-distill[deploy]' "
-            f"(onnx + onnxruntime; onnxruntime-gpu for CUDA)") from None
+    """``import module`` or raise ``MissingDependencyError`` naming the package and the ``[deploy]`` extra."""
+    return require_module(module, purpose, "deploy", " (onnx + onnxruntime; onnxruntime-gpu for CUDA)", MissingDependencyError)
 
 
 def sample_rows(n_images: int, count: int, seed: int) -> np.ndarray:

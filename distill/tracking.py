@@ -19,7 +19,8 @@ import json
 import os
 from typing import Any
 
-from storage.errors import CompressError, UsageError, unknown_name
+from storage.errors import UsageError, unknown_name
+from storage.package import MissingPackageError, require_module
 
 LOGGERS = ("jsonl", "tensorboard", "mlflow")
 EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
@@ -28,7 +29,7 @@ MLFLOW_URI_HELP = "MLflow tracking URI (a local store): default sqlite:///<run d
 RUN_ID_FILE = "mlflow_run_id"
 
 
-class MissingTrackerError(CompressError):
+class MissingTrackerError(MissingPackageError):
     """A logger's package is not installed."""
 
 
@@ -53,10 +54,7 @@ def logger_options(command: Any) -> Any:
 
 
 def _require(module: str, logger: str) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise MissingTrackerError(f"--logger {logger} needs the {module} package: pip install 'compress-distill[{EXTRAS[logger]}]'")
+    require_module(module, f"--logger {logger}", EXTRAS[logger], error=MissingTrackerError)
 
 
 def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
