@@ -16,6 +16,10 @@ from cache_builder.devices import DEVICE_HELP
 from storage.config_options import setting
 from storage.errors import CompressError, UsageError
 
+# the Parquet --data column options of every stage that reads images (cache_builder.parquet_source)
+IMAGE_COLUMN_HELP = "Parquet --data: the column of image bytes [default: image/img/jpg, or the only binary column]."
+LABEL_COLUMN_HELP = "Parquet --data: the column of class indices [default: label, if present]."
+
 DATA_ENV = "COMPRESS_DATA"
 DTYPES = ("float16", "float32")
 BACKENDS = ("zarr", "hdf5")
@@ -55,9 +59,8 @@ class BuildConfig:
                                      "Default: $COMPRESS_DATA or ./data.")
     root: str | None = setting(None, "Base directory of a file list's relative paths (default: the list's directory).")
     # sharded input (cache_builder.parquet_source)
-    image_column: str | None = setting(None, "Parquet --data: the column of image bytes [default: image/img/jpg, or the only "
-                                             "binary column].")
-    label_column: str | None = setting(None, "Parquet --data: the column of class indices [default: label, if present].")
+    image_column: str | None = setting(None, IMAGE_COLUMN_HELP)
+    label_column: str | None = setting(None, LABEL_COLUMN_HELP)
     out: str = setting("./cache", "Cache directory; one store per split (OUT/train, OUT/val).")
     arch: str | None = setting(None, "custom teacher: a torchvision model name.")
     prefix: str = setting("", "custom teacher: key prefix to strip (e.g. module.backbone.).")

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from cache_builder.build_config import IMAGE_COLUMN_HELP, LABEL_COLUMN_HELP
+from cache_builder.devices import DEVICE_HELP
 from storage.config_options import setting
 from storage.errors import UsageError, unknown_name
 
@@ -20,7 +22,6 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "dino": {"metric": "ip", "ks": (10, 20, 100, 200), "vote": "weighted", "temperature": 0.07},
 }
 SEARCH_BACKENDS = ("auto", "faiss", "torch")
-DEVICE_HELP = "auto (this process's GPU when CUDA is available, else cpu), cpu, cuda or cuda:N."
 DEFAULT_FEATURES = "cache"
 MODEL_HELP = ("Student run dir, exported .pth / .onnx / .pt (TorchScript) / .safetensors, teacher:NAME:WEIGHTS or "
               "torchvision:ARCH[:WEIGHTS].")
@@ -65,9 +66,8 @@ class SourceConfig:
     model: str | None = setting(None, MODEL_HELP)
     data: str | None = setting(None, "ImageFolder-style root (train/, val/), or tar shards / Parquet files in train/ and "
                                      "val/ sub-locations (a directory or an fsspec URL), to extract --model's features from.")
-    image_column: str | None = setting(None, "Parquet --data: the column of image bytes [default: image/img/jpg, or the only "
-                                             "binary column].")
-    label_column: str | None = setting(None, "Parquet --data: the column of class indices [default: label, if present].")
+    image_column: str | None = setting(None, IMAGE_COLUMN_HELP)
+    label_column: str | None = setting(None, LABEL_COLUMN_HELP)
     feature_cache: str | None = setting(None, "Where --model/--data features are cached (default: RUN/eval/features or ./eval-cache).")
     image_size: int | None = setting(None, "Center-crop size for torchvision models.")
     extract_batch_size: int = setting(64, "Feature extraction batch size.", flag="--batch-size")
@@ -284,9 +284,8 @@ class FeaturesConfig:
     shard_size: int | None = setting(None, "Rows per shard (default: the store's).")
     overwrite: bool = setting(False, "Replace features extracted with another model or dataset.", flag="--overwrite")
     progress: bool = setting(True, "Show a progress bar per split.")
-    image_column: str | None = setting(None, "Parquet --data: the column of image bytes [default: image/img/jpg, or the only "
-                                             "binary column].")
-    label_column: str | None = setting(None, "Parquet --data: the column of class indices [default: label, if present].")
+    image_column: str | None = setting(None, IMAGE_COLUMN_HELP)
+    label_column: str | None = setting(None, LABEL_COLUMN_HELP)
 
     def __post_init__(self) -> None:
         self.validate()
