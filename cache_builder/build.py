@@ -34,6 +34,8 @@ from cache_builder.devices import resolve_device
 from cache_builder.embed import CROPS_COLUMN, Embedder, StoreRows, embed_shards, progress_bar, shard_loader
 from cache_builder.image_list import ImageList, discover_splits
 from cache_builder.knn_check import knn_top1
+from cache_builder.pixel_copy import (CopyEncoder, PixelCopyError, PixelCopyWriter, PixelSettings, collate_with_copies,
+                                      copy_location, copy_missing)
 from cache_builder.teachers import AnySpec, MissingWeightsError, load_teacher_spec, resolve_spec
 from cache_builder.transforms import CROP_COLUMNS, RRCViews
 from cache_builder.vit_teachers import ViTTeacherSpec
@@ -41,6 +43,7 @@ from storage.atomic import write_json_atomic
 from storage.errors import UsageError
 from storage.hashing import file_sha256
 from storage.package import package_version
+from storage.sharding import shards_for_rank
 
 __all__ = ["BuildConfig", "BuildError", "BuildResult", "SplitResult", "build_cache", "default_workers"]
 
@@ -176,20 +179,62 @@ def _build_split(split: str, images: ImageList, cfg: BuildConfig, spec: AnySpec,
 
     raw = cfg.decode == "gpu" and embedder.device.type == "cuda"
     views = RRCViews(cfg.views, spec.input_size, cfg.seed, spec.interpolation) if cfg.views else None
-    dataset = ImageDataset(images, indices, spec.uint8_transform(), views=views, raw=raw)
+    copy = _copy_writer(split, cfg, writer, fingerprint, kept_list)
+    encoder = CopyEncoder(copy.settings) if copy is not None else None
+    dataset = ImageDataset(images, indices, spec.uint8_transform(), views=views, raw=raw, copy=encoder)
+    collate = collate_raw if raw else None
     loader = shard_loader(dataset, writer, pending, cfg.batch_size, cfg.workers or 0, pin_memory=embedder.device.type == "cuda",
-                          collate_fn=collate_raw if raw else None)
+                          collate_fn=collate_with_copies(collate) if copy is not None else collate)
     all_pending = sum(b - a for a, b in map(writer.shard_rows, writer.pending_shards(0, 1)))
     bar = progress_bar(all_pending, f"{split} [{spec.name}]", cfg.progress and rank == 0)
     t0 = time.perf_counter()
     written = embed_shards(writer, pending, loader, embedder, rows, decode=GpuDecoder(spec, embedder.device, images) if raw else None,
-                           bar=bar, bar_scale=world)  # other ranks progress at about the same rate
+                           bar=bar, bar_scale=world,  # other ranks progress at about the same rate
+                           write_copies=copy.write_shard if copy is not None else None)
+    if copy is not None:
+        _copy_missing(copy, split, kept, images, cfg, rank, world)
     seconds = time.perf_counter() - t0
     dist.barrier()
     if rank == 0:
         writer.finalize({**split_prov, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     dist.barrier()
     return SplitResult(split, path, len(kept), written, seconds, _dir_bytes(path), skipped), fingerprint
+
+
+def _copy_writer(split: str, cfg: BuildConfig, writer: storage.StoreWriter, fingerprint: str,
+                 kept: ImageList) -> PixelCopyWriter | None:
+    """The writer of the split's pre-resized copy (``--pixels``), prepared on rank 0; None without ``--pixels``."""
+    if cfg.pixels is None:
+        return None
+    settings = PixelSettings(cfg.pixels, cfg.pixels_format, cfg.pixels_quality)
+    ranges = [writer.shard_rows(s) for s in range(len(writer.manifest.shards))]
+    copy = PixelCopyWriter(copy_location(cfg.out, split), settings, fingerprint, ranges, kept.paths, kept.labels, kept.classes)
+    if dist.rank() == 0:
+        try:
+            copy.prepare(replace=cfg.overwrite)
+        except PixelCopyError as e:
+            raise BuildError(str(e)) from None
+    dist.barrier()
+    return copy
+
+
+def _copy_missing(copy: PixelCopyWriter, split: str, kept: list[int], images: ImageList, cfg: BuildConfig, rank: int,
+                  world: int) -> None:
+    """Copy this rank's store shards that are complete but have no copy yet (``--pixels`` added to a built cache)."""
+    done = copy.complete_shards()
+    missing = [s for s in shards_for_rank(len(copy.shard_ranges), rank, world) if s not in done]
+    if missing:
+        rows = sum(b - a for a, b in (copy.shard_ranges[s] for s in missing))
+        log.info("%s: writing the pre-resized copy of %d already embedded shards (%d images)", copy.location, len(missing), rows)
+        bar = progress_bar(rows, f"{split} [pixels]", cfg.progress and rank == 0)
+        try:
+            copy_missing(copy, missing, images, kept, cfg.workers or 0, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+    dist.barrier()
+    if rank == 0:
+        log.info("%s: pre-resized copy (%s), %.2f MiB", copy.location, copy.settings.describe(), _dir_bytes(copy.location) / 2**20)
 
 
 def _identity_columns(images: ImageList) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict[str, np.ndarray]]:

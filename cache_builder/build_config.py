@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cache_builder.devices import DEVICE_HELP
+from cache_builder.pixel_copy import PIXEL_FORMATS
 from storage.config_options import setting
 from storage.errors import CompressError, UsageError
 
@@ -85,6 +86,13 @@ class BuildConfig:
     decode: str = setting("cpu", "gpu: decode JPEGs on the GPU with torchvision (falls back to the CPU without CUDA).",
                           choices=DECODES)
     amp: bool = setting(True, "bf16/fp16 autocast on GPU (ViT / timm teachers also hold their weights in bf16 there).")
+    # the pre-resized training copy (cache_builder.pixel_copy)
+    pixels: int | None = setting(None, "Also write a pre-resized training copy: every image with its short side at most SIZE "
+                                       "px, in tar shards in OUT/pixels/<split>; compress-distill run then reads it instead of "
+                                       "the original images (docs/cache.md). E.g. 256 for 224 px students.")
+    pixels_format: str = setting("jpeg", "Format of the --pixels copy: jpeg (quality --pixels-quality) or png (lossless).",
+                                 choices=PIXEL_FORMATS)
+    pixels_quality: int = setting(90, "JPEG quality of the --pixels copy (1-100).")
     knn: bool = setting(True, "1-NN sanity check of val against train at the end.")
     progress: bool = setting(True, "Show progress bars.")
 
@@ -99,6 +107,12 @@ class BuildConfig:
                             ("--input-size", self.input_size), ("--resize-size", self.resize_size)):
             if count is not None and count <= 0:
                 raise UsageError(f"{name} must be positive, got {count}")
+        if self.pixels is not None and self.pixels <= 0:
+            raise UsageError(f"--pixels must be a positive short-side size in pixels, got {self.pixels}")
+        if not 1 <= self.pixels_quality <= 100:
+            raise UsageError(f"--pixels-quality must be in 1-100, got {self.pixels_quality}")
+        if self.pixels_format not in PIXEL_FORMATS:
+            raise UsageError(f"--pixels-format must be one of {', '.join(PIXEL_FORMATS)}, got {self.pixels_format!r}")
         if self.workers is not None and self.workers < 0:
             raise UsageError(f"--workers must be >= 0, got {self.workers}")
         for name, value, allowed in (("--dtype", self.dtype, DTYPES), ("--backend", self.backend, BACKENDS),

@@ -40,6 +40,7 @@ def _split_paths(cache: str) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON.")
 def info(cache: str, as_json: bool) -> None:
     """Show counts, dims, dtype, teacher, provenance and completeness of CACHE (default ./cache)."""
+    from cache_builder.pixel_source import PixelCopy, copy_of
     from storage import open_store
 
     stores = [open_store(p) for p in _split_paths(cache)]
@@ -55,22 +56,37 @@ def info(cache: str, as_json: bool) -> None:
         click.echo(f"  status       : {s.status()}")
         for key, value in m.provenance.items():
             click.echo(f"  {key:<13}: {value}")
+        copy = copy_of(s.path)
+        if copy is not None:
+            pixels = PixelCopy.open(copy)
+            state = "complete" if pixels.complete else f"{len(pixels.missing)} of {len(pixels.manifest['shards'])} shards missing"
+            click.echo(f"  pixel copy   : {copy} ({pixels.settings.describe()}, {state})")
 
 
 @main.command()
 @click.argument("cache", default="./cache")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar per store.")
 def verify(cache: str, progress: bool) -> None:
-    """Re-read every shard of CACHE (all splits): checksums, counts, dtype, finiteness, unit norms.
+    """Re-read every shard of CACHE (all splits): checksums, counts, dtype, finiteness, unit norms,
+    and each split's pre-resized copy (--pixels): every tar's sha256 and members against its index.
 
     Exits with status 1 and names the bad shard and row range when anything is wrong.
     """
+    from cache_builder.pixel_source import copy_of, verify_copy
+    from storage import open_store
     from storage import verify as verify_store
 
-    reports = [verify_store(p, progress=progress) for p in _split_paths(cache)]
-    for r in reports:
-        click.echo(r.summary())
-    if not all(r.ok for r in reports):
+    ok = True
+    for path in _split_paths(cache):
+        report = verify_store(path, progress=progress)
+        click.echo(report.summary())
+        ok = ok and report.ok
+        copy = copy_of(path)
+        if copy is not None:  # the split's pre-resized copy (compress-cache build --pixels)
+            problems = verify_copy(copy, open_store(path, check_files=False).manifest.fingerprint, progress=progress)
+            click.echo("\n".join([f"{copy}: {'FAILED' if problems else 'OK'} (pre-resized copy)", *(f"  - {p}" for p in problems)]))
+            ok = ok and not problems
+    if not ok:
         sys.exit(1)
 
 

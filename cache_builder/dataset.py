@@ -7,12 +7,14 @@ the batches of an uninterrupted one)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cache_builder.image_decode import BadImageError, decode_image
 from cache_builder.image_list import ImageList
+from cache_builder.pixel_copy import CopyEncoder, copy_image
 from cache_builder.transforms import RRCViews
 
 __all__ = ["BadImageError", "ImageDataset", "ShardBatchSampler", "collate_raw", "decode_image", "scan_bad_images"]
@@ -25,24 +27,36 @@ class ImageDataset(Dataset):
       * center crop: image uint8 ``(3, S, S)``, crops an empty float tensor;
       * ``views``: image uint8 ``(V, 3, S, S)``, crops float32 ``(V, 5)`` (see ``transforms.CROP_COLUMNS``);
       * ``raw=True`` (GPU decoding): image is the file's bytes, uint8 ``(L,)``.
+
+    With ``copy`` (``compress-cache build --pixels``) the item has a fourth element, the image's
+    ``pixel_copy.CopiedImage`` made from the same decode (collate with ``pixel_copy.collate_with_copies``).
     """
 
     def __init__(self, images: ImageList, indices: Sequence[int], transform: Callable[[object], torch.Tensor],
-                 views: RRCViews | None = None, raw: bool = False) -> None:
+                 views: RRCViews | None = None, raw: bool = False, copy: CopyEncoder | None = None) -> None:
         self.images = images
         self.indices = list(indices)
         self.transform = transform
         self.views = views
         self.raw = raw
+        self.copy = copy
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, pos: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, pos: int) -> tuple[Any, ...]:
         index = self.indices[pos]
+        if self.copy is not None:
+            data, img, copied = copy_image(self.images, index, self.copy)
+            return (*self._item(index, img, data), copied)
         if self.raw:
-            return index, torch.frombuffer(bytearray(self.images.read_bytes(index)), dtype=torch.uint8), torch.empty(0)
-        img = self.images.decode(index)
+            return self._item(index, None, self.images.read_bytes(index))
+        return self._item(index, self.images.decode(index), None)
+
+    def _item(self, index: int, img: Any, data: bytes | None) -> tuple[int, torch.Tensor, torch.Tensor]:
+        if self.raw:
+            assert data is not None
+            return index, torch.frombuffer(bytearray(data), dtype=torch.uint8), torch.empty(0)
         if self.views is not None:
             views, crops = self.views(img, index)
             return index, views, crops

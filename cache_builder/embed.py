@@ -128,19 +128,19 @@ class ShardWriterThread:
     """Writes whole shards in one background thread; at most ``max_pending`` shards queued,
     so memory stays bounded and the forward never waits on disk unless disk is the bound."""
 
-    def __init__(self, writer: StoreWriter, max_pending: int = 2) -> None:
-        self.writer = writer
+    def __init__(self, max_pending: int = 2) -> None:
         self.max_pending = max_pending
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
         self.pending: list[Future[Any]] = []
         self.wait_seconds = 0.0
 
-    def submit(self, shard_id: int, **block: Any) -> None:
+    def submit(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Queue ``write(*args, **kwargs)``; tasks run one at a time, in the order submitted."""
         while len(self.pending) >= self.max_pending:
             t = time.perf_counter()
             self.pending.pop(0).result()
             self.wait_seconds += time.perf_counter() - t
-        self.pending.append(self.pool.submit(self.writer.write_shard, shard_id, **block))
+        self.pending.append(self.pool.submit(write, *args, **kwargs))
 
     def close(self) -> None:
         try:
@@ -157,14 +157,17 @@ class _ShardBuffer:
         self.shard_id, self.start, self.stop = shard_id, start, stop
         self.emb = np.empty((stop - start, *row_shape), dtype=dtype)
         self.crops = np.empty((stop - start, *crop_shape), dtype=np.float32) if crop_shape else None
+        self.copies: list[Any] = []
         self.filled = 0
 
-    def add(self, emb: np.ndarray, crops: np.ndarray | None) -> int:
+    def add(self, emb: np.ndarray, crops: np.ndarray | None, copies: Sequence[Any] | None) -> int:
         """Append rows; returns how many were taken (the rest belong to the next shard)."""
         take = min(len(emb), len(self.emb) - self.filled)
         self.emb[self.filled:self.filled + take] = emb[:take]
         if self.crops is not None and crops is not None:
             self.crops[self.filled:self.filled + take] = crops[:take]
+        if copies is not None:
+            self.copies += copies[:take]
         self.filled += take
         return take
 
@@ -198,7 +201,8 @@ def progress_bar(total: int, desc: str, enabled: bool) -> Any:
 
 def embed_shards(writer: StoreWriter, shards: Sequence[int], batches: Iterable[tuple[torch.Tensor, Any, torch.Tensor]],
                  embedder: Callable[[torch.Tensor, str], np.ndarray], rows: StoreRows, *,
-                 decode: Callable[[torch.Tensor, Any], torch.Tensor] | None = None, bar: Any = None, bar_scale: int = 1) -> int:
+                 decode: Callable[[torch.Tensor, Any], torch.Tensor] | None = None, bar: Any = None, bar_scale: int = 1,
+                 write_copies: Callable[[int, list[Any]], None] | None = None) -> int:
     """Embed the rows of ``shards`` and write each shard whole; returns the rows written.
 
     Args:
@@ -209,6 +213,9 @@ def embed_shards(writer: StoreWriter, shards: Sequence[int], batches: Iterable[t
         rows: the store's rows; ``index`` checks that the loader yields the images rows expect.
         decode: ``(index, raw batch) -> images`` applied before the network (GPU decoding).
         bar / bar_scale: a progress bar advanced by ``bar_scale`` x the batch size (other ranks).
+        write_copies: ``(shard_id, items)`` writer of the pre-resized copy (``compress-cache build
+            --pixels``); batches then carry a fourth element, a list of one item per image, and a
+            shard's copy is written before the store shard is marked complete.
     Raises:
         EmbedError: the loader returned other images than the rows expect, or too many.
     """
@@ -220,11 +227,13 @@ def embed_shards(writer: StoreWriter, shards: Sequence[int], batches: Iterable[t
     expected = np.concatenate([rows.index[a:b] for a, b in ranges]) if ranges else np.empty(0, np.int64)
     shard_iter = iter(zip(shards, ranges))
     buf: _ShardBuffer | None = None
-    bg = ShardWriterThread(writer)
+    bg = ShardWriterThread()
     written = seen = 0
     t0 = time.perf_counter()
     try:
-        for idx, imgs, crops in batches:
+        for batch in batches:
+            idx, imgs, crops = batch[:3]
+            copies = batch[3] if write_copies is not None else None
             b = len(idx)
             if not np.array_equal(np.asarray(idx), expected[seen:seen + b]):  # cheap guard on the row <-> image mapping
                 raise EmbedError(f"{writer.path}: the loader returned images {np.asarray(idx)[:4].tolist()}... where rows expect "
@@ -242,13 +251,15 @@ def embed_shards(writer: StoreWriter, shards: Sequence[int], batches: Iterable[t
                 if buf is None:
                     sid, (start, stop) = next(shard_iter)
                     buf = _ShardBuffer(sid, start, stop, row_shape, dtype, crop_spec.shape if crop_spec else None)
-                pos += buf.add(emb[pos:], None if crops_np is None else crops_np[pos:])
+                pos += buf.add(emb[pos:], None if crops_np is None else crops_np[pos:], None if copies is None else copies[pos:])
                 if buf.full:
                     s, e = buf.start, buf.stop
                     cols = {k: v[s:e] for k, v in (rows.columns or {}).items()}
                     if buf.crops is not None:
                         cols[CROPS_COLUMN] = buf.crops
-                    bg.submit(buf.shard_id, embeddings=buf.emb, index=rows.index[s:e], labels=rows.labels[s:e],
+                    if write_copies is not None:
+                        bg.submit(write_copies, buf.shard_id, buf.copies)
+                    bg.submit(writer.write_shard, buf.shard_id, embeddings=buf.emb, index=rows.index[s:e], labels=rows.labels[s:e],
                               paths=list(rows.paths[s:e]), columns=cols or None)
                     written += e - s
                     buf = None

@@ -208,7 +208,11 @@ def open_sharded(data: str, image_column: str | None = None, label_column: str |
     """``{split: ImageList}`` reading through a tar or Parquet ``ImageSource``, or None when
     ``data`` is an image folder or a file list."""
     from cache_builder.image_list import ImageList
+    from cache_builder.pixel_source import open_copies
 
+    copies = open_copies(data)  # a pre-resized copy (compress-cache build --pixels) is read through its own indexes
+    if copies is not None:
+        return copies
     splits = sharded_splits(data)
     if splits is None:
         return None

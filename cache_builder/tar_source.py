@@ -144,9 +144,12 @@ class TarSource(ImageSource):
 
     kind = "tar"
 
-    def __init__(self, location: str, shards: Sequence[Shard], index_dir: str | None = None) -> None:
+    def __init__(self, location: str, shards: Sequence[Shard], index_dir: str | None = None,
+                 indexes: dict[str, TarIndex] | None = None) -> None:
+        """``indexes``: the shards' indexes when the caller has them (a pre-resized copy), else each
+        shard's persisted index or a scan (``load_index``)."""
         super().__init__(location, shards)
-        self.indexes = {s.name: load_index(s, index_dir) for s in self.shards}
+        self.indexes = indexes if indexes is not None else {s.name: load_index(s, index_dir) for s in self.shards}
         self.rows = {s.name: {k: i for i, k in enumerate(self.indexes[s.name].keys)} for s in self.shards}
         self._handles: dict[str, Any] = {}
 

@@ -14,12 +14,15 @@ schedule, and ``check_output_dir`` refuses an ``--out`` that cannot be a directo
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from storage.config_options import setting
 from storage.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 VARIANTS = ("2q", "2q-momentum", "1q")  # the CompRess bank variants (distill.objective)
 BANKS = ("queue", "static-faiss")
@@ -260,9 +263,15 @@ def resolve_config(cfg: DistillConfig) -> DistillConfig:
     store = open_store(train_store_path(cfg.cache or ""))
     changes: dict[str, Any] = {"lr_steps": cfg.milestones()}
     if cfg.data is None:
-        data_root = store.provenance.get("data_root")
+        from cache_builder.pixel_source import cache_copy
+
+        copy, why = cache_copy(store.path, store.manifest.fingerprint)
+        data_root = copy or store.provenance.get("data_root")
         if not data_root:
             raise UsageError(f"{store.path}: the cache does not record its data root; pass --data")
+        if why:  # printed at the start: which images the run reads, or why not the cache's copy
+            log.log(logging.INFO if copy else logging.WARNING, "--data %s: %s", data_root,
+                    why if copy else f"not using the pre-resized copy: {why}")
         changes["data"] = str(data_root)
     if cfg.out is None:
         teacher = str(store.provenance.get("teacher", "teacher"))

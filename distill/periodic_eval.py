@@ -8,7 +8,8 @@ transform (resize + centre crop, ``distill.students.eval_transform_recipe``), in
 (BatchNorm running statistics; the student's training state is left as it was). The train side
 is a fixed, seeded subsample of ``--eval-train-size`` rows (all rows when the split is smaller).
 The result is logged to ``metrics.jsonl`` as ``knn_top1`` (%); the teacher's kNN on the same
-rows, from the cached embeddings, is logged once at step 0 as ``teacher_knn_top1``.
+rows, from the cached embeddings, is logged once at step 0 as ``teacher_knn_top1`` (for a
+multi-view cache, from view 0 of each row, train and val: a random crop, not the centre crop).
 
 The evaluation consumes no training randomness: it runs inside ``torch.random.fork_rng`` and
 draws its subsample from its own generator, so a run with and without it, interrupted or not,
@@ -85,7 +86,8 @@ class PeriodicEval:
         keep = np.flatnonzero(meta.labels >= 0)
         self.val_images = self._val_listing(cfg, store).subset([int(i) for i in keep])
         self.val_labels = meta.labels[keep].astype(np.int64)
-        self.val_teacher = np.asarray(store.load_all(), dtype=np.float32)[keep]
+        val_teacher = np.asarray(store.load_all(), dtype=np.float32)[keep]
+        self.val_teacher = val_teacher[:, 0] if val_teacher.ndim == 3 else val_teacher  # a multi-view cache: view 0
         n = len(targets.images)
         gen = torch.Generator().manual_seed(cfg.seed + SUBSAMPLE_SEED_OFFSET)
         size = n if cfg.eval_train_size == 0 else min(cfg.eval_train_size, n)
@@ -133,7 +135,7 @@ class PeriodicEval:
 
     def reference(self) -> dict[str, float]:
         """``{"teacher_knn_top1": %}``: the cached teacher embeddings under the same protocol."""
-        teacher = self.targets.embeddings[self.train_rows.to(self.targets.embeddings.device)].float().cpu().numpy()
+        teacher = self.targets.reference(self.train_rows).float().cpu().numpy()  # view 0 of a multi-view cache
         return {"teacher_knn_top1": self.knn_top1(l2_normalize(teacher), l2_normalize(self.val_teacher))}
 
     @torch.no_grad()

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from cache_builder.image_list import IDENTITY_COLUMN, ImageList, discover_splits, first_changed
+from cache_builder.pixel_copy import PixelCopyError
+from cache_builder.pixel_source import PixelSource
 from distill.data import check_crops
 from storage import Store, open_store
 from storage.cache_layout import split_store_paths
@@ -125,7 +127,7 @@ def store_listing(store: Store, listing: ImageList, data: str) -> tuple[ImageLis
     """
     skipped = tuple(store.provenance.get("skipped_images") or ())
     drop: set[int] = set()
-    for rec in skipped:
+    for rec in skipped if not isinstance(listing.source, PixelSource) else ():  # a pre-resized copy holds the kept rows only
         index, path = int(rec["index"]), str(rec["path"])
         if not 0 <= index < len(listing) or listing.paths[index] != path:
             listed = listing.paths[index] if 0 <= index < len(listing) else "<end>"
@@ -162,6 +164,12 @@ def check_contents(store: Store, images: ImageList) -> None:
             (its path, recorded and current size and mtime).
     """
     hint = "pass --trust-data to skip this check (e.g. for a copy or mount that does not keep mtimes)"
+    if isinstance(images.source, PixelSource):  # the cache's pre-resized copy: written for this store, complete (checked at open)
+        try:
+            images.source.copy.check_store(store.manifest.fingerprint, store.path)
+        except PixelCopyError as e:
+            raise CacheMismatchError(str(e)) from None
+        return
     if IDENTITY_COLUMN not in store.manifest.columns:
         raise CacheMismatchError(f"cache {store.path} records no file sizes and mtimes (column {IDENTITY_COLUMN!r}), so the "
                                  f"images cannot be checked against it: rebuild it with compress-cache build, or {hint}")
@@ -208,6 +216,8 @@ def load_targets(cache: str, data: str, device: torch.device, shared: bool = Fal
     listing = discover_splits(data, image_column=image_column or recorded.get("image_column"),
                               label_column=label_column or recorded.get("label_column"))["train"]
     images, skipped = store_listing(store, listing, data)
+    if crops is not None and isinstance(images.source, PixelSource):  # the cached views' boxes in the copy's pixels
+        crops = images.source.copy.map_crops(crops)
     if trust_data:
         log.info("%s: --trust-data: the images' sizes and mtimes are not compared with the cache's", store.path)
     else:
