@@ -34,8 +34,7 @@ from cache_builder.devices import resolve_device
 from cache_builder.embed import CROPS_COLUMN, Embedder, StoreRows, embed_shards, progress_bar, shard_loader
 from cache_builder.image_list import ImageList, discover_splits
 from cache_builder.knn_check import knn_top1
-from cache_builder.pixel_copy import (CopyEncoder, PixelCopyError, PixelCopyWriter, PixelSettings, collate_with_copies,
-                                      copy_location, copy_missing)
+from cache_builder.pixel_copy import CopyEncoder, PixelCopyError, PixelCopyWriter, PixelSettings, collate_with_copies, copy_location, copy_missing
 from cache_builder.teachers import AnySpec, MissingWeightsError, load_teacher_spec, resolve_spec
 from cache_builder.transforms import CROP_COLUMNS, RRCViews
 from cache_builder.vit_teachers import ViTTeacherSpec

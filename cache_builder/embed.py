@@ -199,7 +199,7 @@ def progress_bar(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
 
 
-def embed_shards(writer: StoreWriter, shards: Sequence[int], batches: Iterable[tuple[torch.Tensor, Any, torch.Tensor]],
+def embed_shards(writer: StoreWriter, shards: Sequence[int], batches: Iterable[tuple[Any, ...]],
                  embedder: Callable[[torch.Tensor, str], np.ndarray], rows: StoreRows, *,
                  decode: Callable[[torch.Tensor, Any], torch.Tensor] | None = None, bar: Any = None, bar_scale: int = 1,
                  write_copies: Callable[[int, list[Any]], None] | None = None) -> int:

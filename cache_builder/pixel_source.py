@@ -23,8 +23,17 @@ import numpy as np
 
 from cache_builder.image_list import ImageList
 from cache_builder.image_source import Shard, ShardError
-from cache_builder.pixel_copy import (MANIFEST_NAME, PIXELS_DIR, PIXELS_FORMAT, SHARD_INDEX_FORMAT, PixelCopyError,
-                                      PixelSettings, index_name, row_key, shard_name)
+from cache_builder.pixel_copy import (
+    MANIFEST_NAME,
+    PIXELS_DIR,
+    PIXELS_FORMAT,
+    SHARD_INDEX_FORMAT,
+    PixelCopyError,
+    PixelSettings,
+    index_name,
+    row_key,
+    shard_name,
+)
 from cache_builder.tar_source import TarIndex, TarSource, scan_tar
 from storage.hashing import file_sha256
 

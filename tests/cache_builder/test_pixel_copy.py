@@ -119,7 +119,7 @@ def test_a_jpeg_copy_trains_multi_view_caches_with_the_teachers_boxes_mapped(dat
     assert full is not None
     for row in range(len(targets.images)):
         img = targets.images.decode(row)
-        for top, left, h, w, flip in targets.crops[row]:
+        for top, left, h, w, _ in targets.crops[row]:
             assert 0 <= top and 0 <= left and h >= 1 and w >= 1 and top + h <= img.height and left + w <= img.width
         src = discover_splits(data["folder"])["train"].decode(row)
         np.testing.assert_allclose(targets.crops[row, :, 2] / img.height, full[row, :, 2] / src.height, atol=0.15)
