@@ -137,7 +137,7 @@ def time_tar_index(n: int) -> tuple[float, float, float]:
     import tarfile
 
     from cache_builder.image_list import discover_splits
-    from cache_builder.image_source import local_shards
+    from cache_builder.image_source import list_shards
     from cache_builder.tar_source import load_index
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,7 +147,7 @@ def time_tar_index(n: int) -> tuple[float, float, float]:
         with tarfile.open(path, "w") as tar:
             for i in range(n):
                 tar.addfile(tarfile.TarInfo(f"k{i:07d}.jpg"), io.BytesIO(b""))
-        (shard,) = local_shards([path])
+        (shard,) = list_shards([path])
         t = time.perf_counter()
         load_index(shard)
         scanned = time.perf_counter() - t

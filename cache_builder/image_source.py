@@ -14,14 +14,27 @@ shards has those splits; a location holding shards itself (or a pattern, or one 
 names (the last path component) must be unique within a split, because rows are identified
 as ``<shard name>/<key>`` (tar) or ``<file name>#<row>`` (Parquet).
 
-Remote shards (any protocol but ``file``) are copied once into a local cache directory
-(fsspec ``filecache``, ``$COMPRESS_HOME/shard-cache`` by default) when the split is listed,
-with a logged message stating the disk it takes; every read is then a local read by offset.
+Remote shards (any protocol but ``file``) are not copied when a split is listed: the listing
+takes each shard's size and change token from the filesystem's ``info()`` (``list_shards``),
+Parquet reads only its footer and label column through a seekable fsspec file
+(``open_shard``), and a tar shard's header scan streams it the same way once, its index then
+being persisted under the URL, size and token (``cache_builder.tar_source``). The first row
+read from a remote shard makes it local (``ImageSource.local_path``): fsspec's ``filecache``
+copies it whole into ``$COMPRESS_HOME/shard-cache`` (reused by later processes; a copy whose
+remote file changed since is fetched again), once per process; every read is then a local read
+by offset. A split with remote shards logs their count, total size and that directory once,
+when it is listed. The copy is made under an exclusive ``flock`` of ``<cache dir>/.lock``: the
+DataLoader workers and ranks of a host that want a shard at the same time download it once
+(fsspec writes the copy under its final name and rewrites one metadata file shared by all
+shards without a lock of its own, so concurrent copies, even of different shards, could
+otherwise truncate a file another process reads, or forget a copy).
 
 ``ImageSource`` is what an ``ImageList`` of sharded rows reads through: ``read(path)`` gives
 the encoded bytes of a row, ``name(path)`` the name an error gives (``LOCATION/shard/key``),
 ``identities(paths)`` the per-row ``(size, position)`` pairs stage 2 compares with those
-recorded at build time, ``fingerprint()`` the shard listing (names, sizes, member counts).
+recorded at build time, ``fingerprint()`` the shard listing (names, sizes, member counts),
+``local_path(shard)`` the local file a shard's rows are read from. A source is picklable
+(DataLoader workers): open files are reopened per process, local copies already made are kept.
 """
 
 from __future__ import annotations
@@ -31,7 +44,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from storage.errors import CompressError
 
@@ -42,6 +55,10 @@ log = logging.getLogger(__name__)
 SHARD_KINDS = {".tar": "tar", ".parquet": "parquet"}
 SPLIT_NAMES = ("train", "val")
 CACHE_DIR = "shard-cache"  # under $COMPRESS_HOME: local copies of remote shards
+CACHE_LOCK = ".lock"  # in the cache directory: held while a shard is copied (module docstring)
+# info() fields that change when a remote file is rewritten (ETag, generation, times), by filesystem
+TOKEN_FIELDS = ("ETag", "etag", "md5Hash", "crc32c", "generation", "version_id", "LastModified", "last_modified",
+                "mtime", "modified", "updated", "created")
 
 
 class ShardError(CompressError, ValueError):
@@ -51,12 +68,16 @@ class ShardError(CompressError, ValueError):
 @dataclass(frozen=True)
 class Shard:
     """One shard: ``name`` (its last path component: the row prefix), the ``url`` it was given
-    as, the ``local`` file it is read from, and its ``size`` in bytes."""
+    as, the ``local`` file it is read from (the file itself for a local shard; None for a remote
+    one, whose local copy ``ImageSource.local_path`` makes on first read), its ``size`` in bytes
+    and its change ``token`` (``mtime_ns=...`` of a local file, the ETag / modification time
+    fields a remote filesystem's ``info()`` gives; None when it gives none)."""
 
     name: str
     url: str
-    local: str
+    local: str | None
     size: int
+    token: str | None = None
 
 
 class ImageSource:
@@ -64,10 +85,23 @@ class ImageSource:
 
     kind = ""
 
-    def __init__(self, location: str, shards: Sequence[Shard]) -> None:
+    def __init__(self, location: str, shards: Sequence[Shard], cache_dir: str | None = None) -> None:
         self.location = location
         self.shards = tuple(shards)
         self.by_name = {s.name: s for s in self.shards}
+        self.cache_dir = cache_dir or default_cache_dir()  # fixed here, so every worker uses the same one
+        self._local: dict[str, str] = {}  # remote shard name -> its local copy, made in this process
+
+    def local_path(self, shard: Shard) -> str:
+        """The local file ``shard`` is read from: a local shard itself; for a remote one, its copy
+        in ``cache_dir``, made (or found) on the first call of the process (module docstring).
+        ``ShardError`` names the shard when it cannot be copied or changed since it was listed."""
+        if shard.local is not None:
+            return shard.local
+        path = self._local.get(shard.name)
+        if path is None:
+            path = self._local[shard.name] = local_copy(shard, self.cache_dir)
+        return path
 
     def paths_and_labels(self) -> tuple[list[str], list[int]]:
         """Every row's identity (``shard/key`` or ``file#row``) and label (-1 unknown), in order."""
@@ -169,39 +203,81 @@ def location_exists(data: str) -> bool:
     return os.path.exists(data) or is_url(data) or "{" in data
 
 
-def local_shards(urls: Sequence[str], cache_dir: str | None = None) -> list[Shard]:
-    """The shards ``urls`` as local files: local paths and ``file://`` URLs as they are, other
-    protocols copied once into ``cache_dir`` (default ``$COMPRESS_HOME/shard-cache``) through
-    fsspec's ``filecache``, with a message stating the disk that takes."""
-    import fsspec
-
+def default_cache_dir() -> str:
+    """``$COMPRESS_HOME/shard-cache``: where remote shards are copied."""
     from cache_builder.home import compress_home
 
+    return os.path.join(compress_home(), CACHE_DIR)
+
+
+def change_token(info: dict[str, Any]) -> str | None:
+    """The ``TOKEN_FIELDS`` of an fsspec ``info()`` that it has, as one string (None: none)."""
+    parts = [f"{k}={info[k]}" for k in TOKEN_FIELDS if info.get(k) not in (None, "")]
+    return ";".join(parts) or None
+
+
+def list_shards(urls: Sequence[str], cache_dir: str | None = None) -> list[Shard]:
+    """The ``Shard`` of each of ``urls`` (names must be unique), reading no shard data: a local
+    path or ``file://`` URL is stat'ed; another protocol's ``info()`` gives size and token. When
+    there are remote shards, one warning states their count, total size and ``cache_dir``
+    (default ``$COMPRESS_HOME/shard-cache``), where they are copied as they are first read."""
     names = [u.rstrip("/").rsplit("/", 1)[-1] for u in urls]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ShardError(f"shard names must be unique within a split (rows are named <shard>/<key>): {', '.join(dupes[:3])}")
-    out: list[Shard | None] = [None] * len(urls)
-    remote = []
-    for i, (name, url) in enumerate(zip(names, urls)):
+    out: list[Shard] = []
+    for name, url in zip(names, urls):
         fs, path = _fs(url)
         if "file" in fs.protocol or "local" in fs.protocol:
             if not os.path.isfile(path):
                 raise ShardError(f"shard {url}: no such file")
-            out[i] = Shard(name, url, path, os.path.getsize(path))
-        else:
-            if not fs.exists(path):
-                raise ShardError(f"shard {url}: no such file")
-            remote.append((i, name, url, int(fs.size(path))))
+            st = os.stat(path)
+            out.append(Shard(name, url, path, st.st_size, f"mtime_ns={st.st_mtime_ns}"))
+            continue
+        try:
+            info = fs.info(path)
+        except FileNotFoundError:
+            raise ShardError(f"shard {url}: no such file") from None
+        if info.get("type", "file") != "file":
+            raise ShardError(f"shard {url}: not a file ({info.get('type')})")
+        out.append(Shard(name, url, None, int(info["size"]), change_token(info)))
+    remote = [s for s in out if s.local is None]
     if remote:
-        cache = cache_dir or os.path.join(compress_home(), CACHE_DIR)
-        total = sum(r[3] for r in remote)
-        log.warning("caching %d remote shards (%.3f GB) in %s on first read; delete that directory to free the disk",
-                    len(remote), total / 1e9, cache)
-        for i, name, url, size in remote:
-            local = fsspec.open_local(f"filecache::{url}", filecache={"cache_storage": cache})
-            out[i] = Shard(name, url, str(local), size)
-    return [s for s in out if s is not None]
+        log.warning("%d remote shards (%.3f GB) are copied into %s as they are first read; delete that directory to free "
+                    "the disk", len(remote), sum(s.size for s in remote) / 1e9, cache_dir or default_cache_dir())
+    return out
+
+
+def open_shard(shard: Shard) -> BinaryIO:
+    """A seekable binary file reading ``shard`` where it is (a remote one through fsspec, in
+    blocks, without a copy): what listing reads (tar headers, Parquet footers) goes through it."""
+    if shard.local is not None:
+        return open(shard.local, "rb")
+    fs, path = _fs(shard.url)
+    return fs.open(path, "rb")
+
+
+def local_copy(shard: Shard, cache_dir: str) -> str:
+    """The local copy of remote ``shard`` in ``cache_dir``, through fsspec's ``filecache``
+    (``check_files``: a copy of a remote file that changed since is fetched again; metadata
+    reread every call, so another process's copy is seen), under the directory's lock (module
+    docstring). ``ShardError`` when the copy fails or its size is not the listed one."""
+    import fsspec
+
+    from storage.file_lock import exclusive_lock
+
+    options = {"cache_storage": cache_dir, "check_files": True, "cache_check": 1e-9}
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        with exclusive_lock(os.path.join(cache_dir, CACHE_LOCK)):
+            local = str(fsspec.open_local(f"filecache::{shard.url}", filecache=options))
+        size = os.path.getsize(local)
+    except (OSError, ValueError) as e:
+        raise ShardError(f"shard {shard.url}: cannot copy it into {cache_dir} ({type(e).__name__}: {e})") from None
+    if size != shard.size:
+        raise ShardError(f"shard {shard.url}: {size} bytes now, {shard.size} when the split was listed; it changed "
+                         "since: list the split again")
+    return local
 
 
 def open_sharded(data: str, image_column: str | None = None, label_column: str | None = None) -> dict[str, Any] | None:
@@ -217,17 +293,18 @@ def open_sharded(data: str, image_column: str | None = None, label_column: str |
     if splits is None:
         return None
     out = {}
+    cache = default_cache_dir()
     for split, (location, urls) in splits.items():
-        shards = local_shards(urls)
+        shards = list_shards(urls, cache)
         source: ImageSource
         if _kind(urls, location) == "tar":
             from cache_builder.tar_source import TarSource
 
-            source = TarSource(location, shards)
+            source = TarSource(location, shards, cache_dir=cache)
         else:
             from cache_builder.parquet_source import ParquetSource
 
-            source = ParquetSource(location, shards, image_column, label_column)
+            source = ParquetSource(location, shards, image_column, label_column, cache_dir=cache)
         paths, labels = source.paths_and_labels()
         if not paths:
             raise ShardError(f"--data {location}: the shards hold no images")

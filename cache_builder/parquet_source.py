@@ -6,12 +6,14 @@ with a ``bytes`` field (``datasets``' ``Image`` feature: ``{"bytes": ..., "path"
 label column (``--label-column``; default ``label`` if present, else none: -1) holds integer
 class indices (a null is -1). Rows are ``<file name>#<row>``, files in listing order.
 
-Reading: the file's metadata gives the row count and row-group boundaries without reading
-data; a row is read with its row group's image column, and each process keeps the last row
+Listing reads each file's footer (row count, row-group boundaries, schema) and its label
+column only, through ``image_source.open_shard`` (a remote file is read where it is, not
+copied). Reading: a row is read with its row group's image column, and each process keeps the last row
 group it read per file, so reading in order (stage 1, evaluation) reads every row group once.
 Random order (stage 2) reads a row group per sample: write such files with small row groups
 (``pyarrow.parquet.write_table(..., row_group_size=...)``), or train from the pre-resized tar
-copy. Needs ``pyarrow`` (the ``[parquet]`` extra).
+copy. A remote file is copied whole into the shard cache on its first row read
+(``ImageSource.local_path``). Needs ``pyarrow`` (the ``[parquet]`` extra).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from cache_builder.image_source import ImageSource, Shard, ShardError
+from cache_builder.image_source import ImageSource, Shard, ShardError, open_shard
 from storage.errors import UsageError
 
 IMAGE_COLUMN_NAMES = ("image", "img", "jpg")
@@ -80,37 +82,51 @@ class ParquetSource(ImageSource):
     kind = "parquet"
 
     def __init__(self, location: str, shards: Sequence[Shard], image_column: str | None = None,
-                 label_column: str | None = None) -> None:
-        super().__init__(location, shards)
-        pq = _pq()
+                 label_column: str | None = None, cache_dir: str | None = None) -> None:
+        super().__init__(location, shards, cache_dir)
         self.counts: dict[str, int] = {}
         self.starts: dict[str, list[int]] = {}  # first row of each row group
         self.labels: dict[str, list[int]] = {}
         columns: tuple[str, str | None] | None = None
         for s in self.shards:
-            try:
-                f = pq.ParquetFile(s.local)
-            except Exception as e:  # pyarrow raises ArrowInvalid/OSError for a file that is not Parquet
-                raise ShardError(f"{s.url}: not a readable Parquet file ({type(e).__name__}: {e})") from None
-            chosen = choose_columns(f.schema_arrow, image_column, label_column, s.url)
+            chosen = self._list(s, image_column, label_column)
             if columns is not None and chosen != columns:
                 raise ShardError(f"{s.url}: columns {chosen} differ from those of the first file {columns}")
             columns = chosen
+        assert columns is not None
+        self.image_column, self.label_column = columns
+        self._files: dict[str, Any] = {}
+        self._groups: dict[str, tuple[int, list[Any]]] = {}
+
+    def _list(self, s: Shard, image_column: str | None, label_column: str | None) -> tuple[str, str | None]:
+        """Record the row count, row-group starts and labels of file ``s`` from its footer and
+        label column; return its ``(image, label)`` columns (``choose_columns``)."""
+        pq = _pq()
+        try:
+            handle = open_shard(s)
+        except OSError as e:
+            raise ShardError(f"{s.url}: cannot open it ({e})") from None
+        with handle:
+            try:
+                f = pq.ParquetFile(handle)
+            except Exception as e:  # pyarrow raises ArrowInvalid/OSError for a file that is not Parquet
+                raise ShardError(f"{s.url}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+            chosen = choose_columns(f.schema_arrow, image_column, label_column, s.url)
             meta = f.metadata
             self.counts[s.name] = meta.num_rows
             self.starts[s.name] = list(np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])[:-1])
             labels = [-1] * meta.num_rows
             if chosen[1] is not None:
-                values = f.read(columns=[chosen[1]]).column(0).to_pylist()
+                try:
+                    values = f.read(columns=[chosen[1]]).column(0).to_pylist()
+                except Exception as e:  # pyarrow's errors for a damaged file
+                    raise ShardError(f"{s.url}: cannot read label column {chosen[1]!r} ({type(e).__name__}: {e})") from None
                 bad = next((i for i, v in enumerate(values) if v is not None and (not isinstance(v, int) or v < -1)), None)
                 if bad is not None:
                     raise ShardError(f"{s.url}#{bad}: label column {chosen[1]!r} holds {values[bad]!r}, not a class index")
                 labels = [-1 if v is None else int(v) for v in values]
-            self.labels[s.name] = labels
-        assert columns is not None
-        self.image_column, self.label_column = columns
-        self._files: dict[str, Any] = {}
-        self._groups: dict[str, tuple[int, list[Any]]] = {}
+        self.labels[s.name] = labels
+        return chosen
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_files": {}, "_groups": {}}
@@ -134,11 +150,12 @@ class ParquetSource(ImageSource):
         shard, row = self._locate(path)
         group = bisect.bisect_right(self.starts[shard.name], row) - 1
         cached = self._groups.get(shard.name)
+        local = self.local_path(shard) if shard.name not in self._files else ""  # a remote file is copied on first read
         try:
             if cached is None or cached[0] != group:
                 f = self._files.get(shard.name)
                 if f is None:
-                    f = self._files[shard.name] = _pq().ParquetFile(shard.local)
+                    f = self._files[shard.name] = _pq().ParquetFile(local)
                 column = f.read_row_group(group, columns=[self.image_column]).column(0)
                 cached = self._groups[shard.name] = (group, column.to_pylist())
         except Exception as e:  # pyarrow's errors for a damaged file

@@ -9,9 +9,14 @@ Rows are ``<shard name>/<key>``, shards in listing order, samples in tar order.
 
 The index (``TarIndex``): one scan of the shard's headers with Python's ``tarfile`` (no member
 data is read except the small ``.cls`` texts) gives, per sample, the image member's data offset
-and size and the label. It is persisted as JSON in ``$COMPRESS_HOME/tar-index/`` (keyed by the
-shard's local path), together with the shard's size and mtime, and reused while they are
-unchanged, so a shard is scanned once, not per process or per sample. Reading a row is one
+and size and the label. A remote shard is scanned where it is, through a seekable fsspec file
+(``image_source.open_shard``; fsspec reads ahead in blocks, so for typical sample sizes the
+scan transfers about the shard's size, but writes nothing to the shard cache). The index is
+persisted as JSON in ``$COMPRESS_HOME/tar-index/``, keyed by the shard's local path or remote
+URL, together with its size and change token (``Shard.token``: a local file's mtime, a remote
+file's ETag / modification time), and reused while they are unchanged, so a shard is scanned
+once, not per listing, process or sample; a remote shard whose filesystem gives no token is
+scanned at every listing. Reading a row makes a remote shard local (``local_path``), then is one
 ``seek`` + ``read`` of the member's bytes in a file handle kept open per process.
 
 ``wids`` (webdataset's indexed tar reader) was considered: it rebuilds its index in memory each
@@ -34,11 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from cache_builder.image_source import ImageSource, Shard, ShardError
+from cache_builder.image_source import ImageSource, Shard, ShardError, open_shard
 from storage.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
-INDEX_FORMAT = "compress-tar-index/1"
+INDEX_FORMAT = "compress-tar-index/2"
 INDEX_DIR = "tar-index"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
 
@@ -84,7 +89,7 @@ def scan_tar(shard: Shard) -> TarIndex:
         labels.append(sample["label"])
 
     try:
-        with tarfile.open(shard.local, "r:") as tar:
+        with open_shard(shard) as stream, tarfile.open(fileobj=stream, mode="r:") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -109,21 +114,28 @@ def scan_tar(shard: Shard) -> TarIndex:
     return TarIndex(tuple(keys), np.asarray(offsets, np.int64), np.asarray(sizes, np.int64), tuple(labels), skipped)
 
 
+def index_key(shard: Shard) -> str:
+    """What a saved index belongs to: a local shard's absolute path, a remote shard's URL."""
+    return os.path.abspath(shard.local) if shard.local is not None else shard.url
+
+
 def index_path(shard: Shard, index_dir: str | None = None) -> str:
     from cache_builder.home import compress_home
 
-    digest = hashlib.sha256(os.path.abspath(shard.local).encode()).hexdigest()[:32]
+    digest = hashlib.sha256(index_key(shard).encode()).hexdigest()[:32]
     return os.path.join(index_dir or os.path.join(compress_home(), INDEX_DIR), f"{digest}.json")
 
 
 def load_index(shard: Shard, index_dir: str | None = None) -> TarIndex:
-    """The persisted index of ``shard`` if its size and mtime are unchanged, else a new scan (saved)."""
-    st = os.stat(shard.local)
+    """The persisted index of ``shard`` if it was saved for the same key, size and change token
+    (not None), else a new scan (saved)."""
     path = index_path(shard, index_dir)
+    key = index_key(shard)
     try:
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
-        if saved.get("format") == INDEX_FORMAT and saved["size"] == st.st_size and saved["mtime_ns"] == st.st_mtime_ns:
+        if (shard.token is not None and saved.get("format") == INDEX_FORMAT and saved["shard"] == key
+                and saved["size"] == shard.size and saved["token"] == shard.token):
             return TarIndex(tuple(saved["keys"]), np.asarray(saved["offsets"], np.int64), np.asarray(saved["sizes"], np.int64),
                             tuple(saved["labels"]), int(saved["skipped"]))
     except (OSError, ValueError, KeyError):
@@ -131,7 +143,7 @@ def load_index(shard: Shard, index_dir: str | None = None) -> TarIndex:
     index = scan_tar(shard)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_json_atomic(path, {"format": INDEX_FORMAT, "shard": shard.local, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+        write_json_atomic(path, {"format": INDEX_FORMAT, "shard": key, "size": shard.size, "token": shard.token,
                                  "keys": list(index.keys), "offsets": index.offsets.tolist(), "sizes": index.sizes.tolist(),
                                  "labels": list(index.labels), "skipped": index.skipped})
     except OSError as e:
@@ -145,10 +157,10 @@ class TarSource(ImageSource):
     kind = "tar"
 
     def __init__(self, location: str, shards: Sequence[Shard], index_dir: str | None = None,
-                 indexes: dict[str, TarIndex] | None = None) -> None:
+                 cache_dir: str | None = None, indexes: dict[str, TarIndex] | None = None) -> None:
         """``indexes``: the shards' indexes when the caller has them (a pre-resized copy), else each
         shard's persisted index or a scan (``load_index``)."""
-        super().__init__(location, shards)
+        super().__init__(location, shards, cache_dir)
         self.indexes = indexes if indexes is not None else {s.name: load_index(s, index_dir) for s in self.shards}
         self.rows = {s.name: {k: i for i, k in enumerate(self.indexes[s.name].keys)} for s in self.shards}
         self._handles: dict[str, Any] = {}
@@ -180,7 +192,7 @@ class TarSource(ImageSource):
         try:
             f = self._handles.get(shard.name)
             if f is None:
-                f = self._handles[shard.name] = open(shard.local, "rb")
+                f = self._handles[shard.name] = open(self.local_path(shard), "rb")
             f.seek(offset)
             data = f.read(size)
         except OSError as e:

@@ -147,7 +147,8 @@ class LinearConfig:
 
     ``fast`` trains on cached features (protocol ``compress-fast``); ``fast=False`` is the
     augmented protocol (``compress``), which needs ``model``, ``data`` and ``checkpoint`` (its
-    resume file). ``fraction`` / ``shots`` / ``subset_file``: a few-label subset of train
+    resume file), and ``image_column`` / ``label_column`` for Parquet ``data``.
+    ``fraction`` / ``shots`` / ``subset_file``: a few-label subset of train
     (``evaluate.label_subset.select_train_rows``).
     """
 
@@ -170,6 +171,8 @@ class LinearConfig:
     image_size: int | None = setting(None, "Center-crop size (from --image-size).", cli=False)
     workers: int = setting(0, "DataLoader workers (from --workers).", cli=False)
     checkpoint: str | None = setting(None, "Resume file of the augmented protocol (next to the result).", cli=False)
+    image_column: str | None = setting(None, IMAGE_COLUMN_HELP, cli=False)  # the command's --image-column (SourceConfig)
+    label_column: str | None = setting(None, LABEL_COLUMN_HELP, cli=False)  # the command's --label-column (SourceConfig)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -111,8 +111,9 @@ def train_augmented_probe(
 def linear_full(cfg: Any, after_epoch: Callable[[int], None] | None = None, *, device: str | None = None) -> dict:
     """The augmented, resumable protocol for a ``LinearConfig`` with ``fast=False``; the
     whole-train-set statistics and the val accuracy use the center-crop features in
-    ``cfg.features`` (extracted from the same model and data). ``device``: the resolved
-    ``cfg.device`` (default: resolved here)."""
+    ``cfg.features`` (extracted from the same model and data, with the same Parquet
+    ``cfg.image_column`` / ``cfg.label_column``). ``device``: the resolved ``cfg.device``
+    (default: resolved here)."""
     import time
     from dataclasses import asdict
 
@@ -129,7 +130,8 @@ def linear_full(cfg: Any, after_epoch: Callable[[int], None] | None = None, *, d
     t0 = time.perf_counter()
     fs = load_feature_set(cfg.features)
     resolved = resolve_model(cfg.model, image_size=cfg.image_size)
-    listing = list_split(cfg.data, "train", list_classes(cfg.data))
+    columns = (cfg.image_column, cfg.label_column)  # Parquet --data: the columns the features were extracted with
+    listing = list_split(cfg.data, "train", list_classes(cfg.data, *columns), *columns)
     if len(listing.paths) != fs.train.n or list(listing.paths) != list(fs.train.paths):
         raise FeatureError(f"{cfg.features}: the train features do not list the images of {cfg.data}/train in the same order")
     labels = np.asarray(listing.labels)

@@ -10,12 +10,13 @@ never maps a stale copy.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import warnings
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+from storage.file_lock import exclusive_lock
 
 if TYPE_CHECKING:
     import torch
@@ -46,13 +47,9 @@ def load_shared(
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, shared_file_name(store))
     if not os.path.exists(path):
-        with open(path + ".lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                if not os.path.exists(path):
-                    _materialise(store, path)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with exclusive_lock(path + ".lock"):
+            if not os.path.exists(path):
+                _materialise(store, path)
     if kind == "numpy":
         return np.load(path, mmap_mode="r")
     if kind != "torch":

@@ -34,9 +34,12 @@ def folder_to_tar(folder: str, out: str, per_shard: int = 4, labels: bool = True
     return out
 
 
-def folder_to_parquet(folder: str, out: str, struct: bool = True, row_group_size: int = 3) -> str:
-    """``out/<split>/part-0.parquet`` with an ``image`` column (``{"bytes", "path"}`` structs as
-    Hugging Face ``datasets`` writes them, or raw bytes) and a ``label`` column; returns ``out``."""
+def folder_to_parquet(folder: str, out: str, struct: bool = True, row_group_size: int = 3, image_column: str = "image",
+                      label_column: str = "label", decoy_column: str | None = None) -> str:
+    """``out/<split>/part-0.parquet`` with an image column (``{"bytes", "path"}`` structs as
+    Hugging Face ``datasets`` writes them, or raw bytes) and a label column, named
+    ``image_column`` and ``label_column``; ``decoy_column``: a second binary column (each
+    image's path), so the image column cannot be guessed. Returns ``out``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -44,6 +47,8 @@ def folder_to_parquet(folder: str, out: str, struct: bool = True, row_group_size
         os.makedirs(os.path.join(out, split), exist_ok=True)
         data = [images.read_bytes(i) for i in range(len(images))]
         column = [{"bytes": b, "path": p} for b, p in zip(data, images.paths)] if struct else data
-        table = pa.table({"image": column, "label": list(images.labels)})
-        pq.write_table(table, os.path.join(out, split, "part-0.parquet"), row_group_size=row_group_size)
+        columns = {image_column: column, label_column: list(images.labels)}
+        if decoy_column is not None:
+            columns[decoy_column] = [p.encode() for p in images.paths]
+        pq.write_table(pa.table(columns), os.path.join(out, split, "part-0.parquet"), row_group_size=row_group_size)
     return out

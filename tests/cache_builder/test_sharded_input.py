@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import shutil
 
 import fsspec
@@ -18,7 +19,7 @@ from cache_builder import tar_source
 from cache_builder.build import BuildConfig, build_cache
 from cache_builder.image_decode import BadImageError
 from cache_builder.image_list import discover_splits
-from cache_builder.image_source import ShardError, expand_braces
+from cache_builder.image_source import CACHE_LOCK, ShardError, default_cache_dir, expand_braces
 from distill.engine import run
 from distill.targets import CacheMismatchError, load_targets
 from evaluate.config import FeaturesConfig
@@ -83,19 +84,104 @@ def test_tar_listing_rows_labels_and_a_persisted_index(data, monkeypatch) -> Non
     assert identities.shape == (10, 2) and (identities[:, 0] > 0).all()
 
 
-def test_brace_pattern_and_memory_url_list_the_same_rows(data, caplog) -> None:
+def test_brace_pattern_and_file_url_list_the_same_rows(data) -> None:
     train = discover_splits(data["tar"])["train"]
     pattern = discover_splits(os.path.join(data["tar"], "train", "shard-{000000..000002}.tar"))["train"]
     assert pattern.paths == train.paths
-    fs = fsspec.filesystem("memory")
-    for name in sorted(os.listdir(os.path.join(data["tar"], "train"))):
-        with open(os.path.join(data["tar"], "train", name), "rb") as f:
-            fs.pipe(f"/shards/train/{name}", f.read())
-    with caplog.at_level(logging.WARNING, logger="cache_builder.image_source"):
-        remote = discover_splits("memory://shards")["train"]
-    assert "caching 3 remote shards" in caplog.text and "GB" in caplog.text
-    assert remote.paths == train.paths and remote.read_bytes(7) == train.read_bytes(7)
     assert discover_splits(f"file://{data['tar']}")["train"].paths == train.paths
+
+
+@pytest.fixture
+def remote(request):  # type: ignore[no-untyped-def]
+    """``put(local dir)`` copies a folder of split folders to a fresh ``memory://`` location (removed after)."""
+    fs = fsspec.filesystem("memory")
+    root = f"/remote-{request.node.name}".replace("[", "-").replace("]", "")
+
+    def put(local: str) -> str:
+        for split in sorted(os.listdir(local)):
+            for name in sorted(os.listdir(os.path.join(local, split))):
+                with open(os.path.join(local, split, name), "rb") as f:
+                    fs.pipe(f"{root}/{split}/{name}", f.read())
+        return f"memory://{root}"
+
+    yield put
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def _copies(cache: str) -> dict[str, int]:
+    """The shard copies in shard cache ``cache`` (file name -> size), without filecache's metadata and the lock."""
+    if not os.path.isdir(cache):
+        return {}
+    return {n: os.path.getsize(os.path.join(cache, n)) for n in os.listdir(cache) if n not in ("cache", CACHE_LOCK)}
+
+
+@pytest.mark.parametrize("kind", ["tar", "parquet"])
+def test_listing_remote_shards_copies_nothing_and_a_row_read_copies_its_shard(data, remote, kind, caplog) -> None:
+    local = discover_splits(data[kind])
+    cache = default_cache_dir()
+    with caplog.at_level(logging.WARNING, logger="cache_builder.image_source"):
+        splits = discover_splits(remote(data[kind]))
+    shards = 3 if kind == "tar" else 1
+    assert f"{shards} remote shards (0.000 GB) are copied into {cache} as they are first read" in caplog.text
+    assert not os.path.exists(cache)  # listing read footers / headers remotely: nothing copied, not even the directory
+    train = splits["train"]
+    assert train.paths == local["train"].paths and train.labels == local["train"].labels
+    assert all(s.local is None and s.token for s in train.source.shards)  # type: ignore[union-attr]
+    assert train.read_bytes(5) == local["train"].read_bytes(5)
+    shard = train.source.shard(train.paths[5].split("/")[0].split("#")[0], train.paths[5])  # type: ignore[union-attr]
+    assert list(_copies(cache).values()) == [shard.size]  # the one shard of that row, whole
+    assert train.read_bytes(6) == local["train"].read_bytes(6) and len(_copies(cache)) == 1
+    assert splits["val"].read_bytes(1) == local["val"].read_bytes(1) and len(_copies(cache)) == 2
+
+
+def test_a_second_listing_of_an_unchanged_remote_tar_does_not_rescan_it(data, remote, monkeypatch) -> None:
+    url = remote(data["tar"])
+    first = discover_splits(url)["train"]
+    scan = tar_source.scan_tar
+    monkeypatch.setattr(tar_source, "scan_tar", lambda shard: pytest.fail(f"rescanned {shard.url}"))
+    again = discover_splits(url)["train"]
+    assert again.paths == first.paths and again.fingerprint() == first.fingerprint()
+    assert not os.path.exists(default_cache_dir())
+    fs = fsspec.filesystem("memory")
+    changed = url.removeprefix("memory://") + "/train/shard-000001.tar"
+    fs.pipe(changed, fs.cat(changed))  # rewritten, same bytes: a new change token ("created")
+    scanned: list[str] = []
+    monkeypatch.setattr(tar_source, "scan_tar", lambda shard: scanned.append(shard.name) or scan(shard))
+    assert discover_splits(url)["train"].paths == first.paths and scanned == ["shard-000001.tar"]
+
+
+def test_a_changed_remote_shard_is_refused_by_stage_2(data, remote, tmp_path) -> None:
+    url = remote(data["tar"])
+    cache = _build(data, url, tmp_path / "cache")
+    assert len(_copies(default_cache_dir())) == 4  # the build read every row: every shard was copied once
+    fs = fsspec.filesystem("memory")
+    shard = url.removeprefix("memory://") + "/train/shard-000002.tar"
+    fs.pipe(shard, fs.cat(shard) + b"\0" * 10240)  # same members, a bigger shard
+    with pytest.raises(CacheMismatchError, match="shards of .* changed since cache"):
+        load_targets(cache, url, torch.device("cpu"))
+
+
+class _Rows(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    def __init__(self, images) -> None:  # type: ignore[no-untyped-def]
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[int, bytes]:
+        return i, self.images.read_bytes(i)
+
+
+def test_dataloader_workers_read_rows_of_remote_shards(data, remote) -> None:
+    local = discover_splits(data["tar"])["train"]
+    train = discover_splits(remote(data["tar"]))["train"]
+    assert pickle.loads(pickle.dumps(train)).paths == train.paths
+    loader = torch.utils.data.DataLoader(_Rows(train), batch_size=None, num_workers=2, multiprocessing_context="fork")
+    rows = dict(loader)  # each worker copies the shards it reads itself (under the cache's lock)
+    assert sorted(rows) == list(range(len(local)))
+    assert all(rows[i] == local.read_bytes(i) for i in rows)
+    assert sorted(_copies(default_cache_dir()).values()) == sorted(s.size for s in train.source.shards)  # type: ignore[union-attr]
 
 
 def test_build_from_tar_and_parquet_equals_the_folder_build_row_for_row(data, tmp_path) -> None:

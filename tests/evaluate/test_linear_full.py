@@ -64,3 +64,26 @@ def test_resume_after_kill_gives_the_same_probe(tmp_path) -> None:
     # a checkpoint of another setting is refused
     with pytest.raises(ValueError, match="written for another model/data/setting"):
         linear(LinearConfig(**{**common, "lr": 0.2}, checkpoint=str(tmp_path / "b.pt")))
+
+
+def test_full_protocol_reads_parquet_through_the_named_columns(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from evaluate.cli import main
+    from evaluate.results import read_results
+    from tests.cache_builder.shards import folder_to_parquet
+
+    folder = make_image_folder(str(tmp_path / "folder"))
+    data = folder_to_parquet(folder, str(tmp_path / "parquet"), image_column="pixels", label_column="target",
+                             decoy_column="caption")  # two binary columns and no 'label': nothing to guess
+    args = ["linear", "--full", "--model", MODEL, "--data", data, "--image-size", "16", "--epochs", "1",
+            "--train-batch-size", "4", "--batch-size", "4", "--no-progress", "--feature-cache", str(tmp_path / "fc")]
+    out = str(tmp_path / "linear.json")
+    ok = CliRunner().invoke(main, [*args, "--image-column", "pixels", "--label-column", "target", "--out", out])
+    assert ok.exit_code == 0, ok.output
+    (result,) = read_results([out])
+    assert result["protocol"] == "compress" and result["params"]["train_rows_used"] == 6
+    assert (result["params"]["image_column"], result["params"]["label_column"]) == ("pixels", "target")
+    bad = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "bad.json")])
+    assert bad.exit_code == 2 and "--image-column:" in bad.output and "pixels" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1, bad.output
