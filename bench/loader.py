@@ -8,14 +8,20 @@ so they compress like photos: ~85 KB at 500x375), then times, in ONE process wit
 thread (so img/s is per core), interleaved round by round, and reports medians:
 
 * ``decode only``          : ``decode_image`` of every file (full decode), the floor of any path;
-* ``student, files``       : ``distill.data.AugmentedImages`` as training runs it today
-                             (decode + RandomResizedCrop(S) + flip, ``--decode-scale off``);
+* ``student, PIL (before)``: the student path before issue 15, the baseline of the ratios: PIL
+                             decode, PIL crop + antialiased resize, flip (the same seeded views);
+* ``student, files (now)``  : ``distill.data.AugmentedImages`` as training runs it now
+                             (torchvision decode + RandomResizedCrop(S) + flip, ``--decode-scale off``);
 * ``student, reduced``     : the same with ``--decode-scale auto`` (DCT-scaled decoding of crops
                              downscaled >= 2x), with the share of views reduced and the PSNR of
                              their pixels against the full decode's;
 * ``student, tar shards``  : today's path reading the same JPEGs from WebDataset tar shards
                              (``cache_builder.tar_source``: one seek + read per sample);
-* ``cache builder``        : ``cache_builder.dataset.ImageDataset`` with Resize(256)+CenterCrop(224).
+* ``student, --pixels``    : today's path reading the pre-resized copy ``compress-cache build
+                             --pixels`` writes (``--pixels``, default 256, JPEG q90), alone and
+                             with ``--decode-scale auto``;
+* ``cache builder``        : ``cache_builder.dataset.ImageDataset`` with Resize(256)+CenterCrop(224),
+                             and the same also encoding the ``--pixels`` copy of each image.
 
 Each variant runs at student input 224 and 160 (``--sizes``). ``--listing N`` also times listing
 an N-line file list (``read_file_list``) and its fingerprint (default 1,000,000; 0 skips);
@@ -130,6 +136,22 @@ def to_tar_shards(images, out: str, per_shard: int = 100) -> None:  # type: igno
                     tar.addfile(info, io.BytesIO(payload))
 
 
+def write_copy(images, location: str, settings, per_shard: int = 100):  # type: ignore[no-untyped-def]
+    """The pre-resized copy of ``images`` at ``location`` as ``compress-cache build --pixels`` writes
+    it (``PixelCopyWriter``, shards of ``per_shard`` rows), opened as an ``ImageList``."""
+    from cache_builder.pixel_copy import CopyEncoder, PixelCopyWriter, copy_image
+    from cache_builder.pixel_source import PixelCopy
+
+    n = len(images)
+    ranges = [(a, min(a + per_shard, n)) for a in range(0, n, per_shard)]
+    writer = PixelCopyWriter(location, settings, "bench", ranges, images.paths, images.labels, images.classes)
+    writer.prepare(replace=True)
+    encoder = CopyEncoder(settings)
+    for sid, (a, b) in enumerate(ranges):
+        writer.write_shard(sid, [copy_image(images, i, encoder)[2] for i in range(a, b)])
+    return PixelCopy.open(location).image_list()
+
+
 def time_tar_index(n: int) -> tuple[float, float, float]:
     """Seconds for the first scan of an ``n``-member shard, the reload of its saved index, and
     listing the split (``discover_splits``, index reused)."""
@@ -167,12 +189,14 @@ def main() -> None:
     p.add_argument("--sizes", default="224,160")
     p.add_argument("--listing", type=int, default=1_000_000)
     p.add_argument("--tar-members", type=int, default=1_000_000)
+    p.add_argument("--pixels", type=int, default=256, help="Short side of the pre-resized copy (compress-cache build --pixels).")
     args = p.parse_args()
     torch.set_num_threads(1)
 
     from cache_builder.dataset import ImageDataset
     from cache_builder.image_decode import decode_image
     from cache_builder.image_list import scan_image_folder
+    from cache_builder.pixel_copy import CopyEncoder, PixelSettings
     from cache_builder.transforms import Uint8Transform
     from distill.data import AugmentedImages
 
@@ -182,6 +206,20 @@ def main() -> None:
     images = scan_image_folder(tmp)
     n = len(images)
     load_before = os.getloadavg()
+
+    def student_pil(size: int, epoch: int) -> Callable[[], int]:
+        """The student path before issue 15: PIL decode, PIL crop + resize, PIL flip, pil_to_tensor."""
+        from torchvision.transforms import functional as TF
+
+        ds = AugmentedImages(images, size, seed=0)
+
+        def one(row: int) -> torch.Tensor:
+            im = decode_image(images.absolute(row))
+            _, (top, left, h, w, flip) = ds.view_box(epoch, row, (im.height, im.width))
+            im = TF.resized_crop(im, top, left, h, w, [size, size], antialias=True)
+            return TF.pil_to_tensor(TF.hflip(im) if flip else im)
+
+        return lambda: sum(1 for row in range(n) if one(row) is not None)
 
     def student(size: int, mode: str, epoch: int) -> Callable[[], int]:
         ds = AugmentedImages(images, size, seed=0, decode_scale=mode)
@@ -198,14 +236,30 @@ def main() -> None:
         ds = AugmentedImages(shard_images, size, seed=0)
         return lambda: sum(1 for row in range(n) if ds[(epoch, row)][0] is not None)
 
+    settings = PixelSettings(args.pixels, "jpeg", 90)
+    copy_images = write_copy(images, os.path.join(tmp, "pixels"), settings)
+    copy_kb = sum(copy_images.source.indexes[s.name].sizes.sum() for s in copy_images.source.shards) / n / 1024  # type: ignore[union-attr]
+    encoder = CopyEncoder(settings)
+    builder_copy = ImageDataset(images, range(n), Uint8Transform(224, 256), copy=encoder)
+
+    def student_copy(size: int, mode: str, epoch: int) -> Callable[[], int]:
+        ds = AugmentedImages(copy_images, size, seed=0, decode_scale=mode)
+        return lambda: sum(1 for row in range(n) if ds[(epoch, row)][0] is not None)
+
     variants: dict[str, Callable[[int], Callable[[], int]]] = {
         "decode only (full decode)": lambda e: lambda: sum(1 for i in range(n) if decode_image(images.absolute(i))),
         "cache builder loader (Resize 256 + CenterCrop 224)": lambda e: lambda: sum(1 for i in range(n) if builder[i][1] is not None),
+        f"cache builder loader + --pixels {args.pixels} (the copy encoded too)":
+            lambda e: lambda: sum(1 for i in range(n) if builder_copy[i][3] is not None),
     }
     for size in sizes:
-        variants[f"student {size}, files (today)"] = lambda e, s=size: student(s, "off", e)  # type: ignore[misc]
+        variants[f"student {size}, files, PIL decode + resize (before)"] = lambda e, s=size: student_pil(s, e)  # type: ignore[misc]
+        variants[f"student {size}, files (now)"] = lambda e, s=size: student(s, "off", e)  # type: ignore[misc]
         variants[f"student {size}, files + --decode-scale auto"] = lambda e, s=size: student(s, "auto", e)  # type: ignore[misc]
         variants[f"student {size}, tar shards (read by offset)"] = lambda e, s=size: student_tar(s, e)  # type: ignore[misc]
+        variants[f"student {size}, --pixels {args.pixels} copy"] = lambda e, s=size: student_copy(s, "off", e)  # type: ignore[misc]
+        variants[f"student {size}, --pixels {args.pixels} copy + --decode-scale auto"] = (  # type: ignore[misc]
+            lambda e, s=size: student_copy(s, "auto", e))
     rates: dict[str, list[float]] = {k: [] for k in variants}
     t0 = time.time()
     for r in range(args.rounds):
@@ -220,9 +274,10 @@ def main() -> None:
           f"1 thread, in-process (no DataLoader workers)")
     print(f"{n} JPEGs, short side 338-413, 4:3, quality 90, mean {kb:.0f} KB; {args.rounds} interleaved rounds, "
           f"medians; {elapsed:.0f} s; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
-    base = {size: statistics.median(rates[f"student {size}, files (today)"]) for size in sizes}
+    print(f"--pixels {args.pixels} copy ({settings.describe()}): mean {copy_kb:.0f} KB per image")
+    base = {size: statistics.median(rates[f"student {size}, files, PIL decode + resize (before)"]) for size in sizes}
     print()
-    print("| path | img/s per core (median) | min-max | vs today's student path at the same size | cores for 5,800 img/s |")
+    print("| path | img/s per core (median) | min-max | vs the PIL path (before) at the same size | cores for 5,800 img/s |")
     print("|---|---:|---:|---:|---:|")
     for name, values in rates.items():
         med = statistics.median(values)

@@ -14,7 +14,7 @@ Layout (docs/cache.md, "The pre-resized copy")::
                                         label, member offset and size, source and stored (height, width)
 
 Encoding (``CopyEncoder``): the decoded RGB image (``cache_builder.image_decode``, the one
-conversion) is resized with Lanczos so that its short side is SIZE (never enlarged), then
+conversion) is resized (bicubic, antialiased) so that its short side is SIZE (never enlarged), then
 encoded as JPEG (``--pixels-quality``, default 90) or PNG (lossless). An image that needs no
 resizing and whose file already has the output format is stored byte for byte. Tar headers are
 fixed (mtime 0, uid/gid 0, mode 0644), so a shard's bytes depend only on its rows: a resumed
@@ -112,8 +112,11 @@ class CopyEncoder:
         source_hw = (img.height, img.width)
         if (h, w) == source_hw and data.startswith(_MAGIC[s.image_format]):
             return CopiedImage(bytes(data), source_hw, (h, w))  # nothing to resize, already in the output format
-        if (h, w) != source_hw:
-            img = img.resize((w, h), Image.Resampling.LANCZOS)
+        if (h, w) != source_hw:  # torchvision's antialiased bicubic uint8 kernel: ~9x faster than PIL's Lanczos here
+            from torchvision.transforms.v2 import functional as F
+
+            resized = F.resize(F.pil_to_tensor(img), [h, w], interpolation=F.InterpolationMode.BICUBIC, antialias=True)
+            img = Image.fromarray(np.ascontiguousarray(resized.permute(1, 2, 0).numpy()))
         buf = io.BytesIO()
         if s.image_format == "jpeg":
             img.save(buf, format="JPEG", quality=s.quality)

@@ -6,6 +6,12 @@ run sees exactly the batches it would have seen.
 
 * Single-view (centre-crop) caches: a RandomResizedCrop + horizontal flip drawn with that
   generator.
+
+Decoding and cutting (``--decode cpu``): a JPEG is decoded by torchvision's ``decode_jpeg`` on
+the CPU (``image_decode.decode_tensor``: the same pixels as PIL's decode, in half the time; other
+formats through PIL), and the view is cut by ``distill.decode.cut_view`` (torchvision's
+antialiased bilinear uint8 resize: 3-4x faster than PIL's on these CPUs, and the kernel
+``--decode gpu`` runs on the GPU). bench/RESULTS.md, "Student loader", has the rates.
 * Multi-view caches (``compress-cache build --views K``): the generator picks one of the K
   cached views, and the student gets the *same* crop and flip the teacher saw (the ``crops``
   column, ``cache_builder.transforms.CROP_COLUMNS``), resized to the student's input size; the
@@ -32,11 +38,11 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
-from cache_builder.image_decode import dct_scale
+from cache_builder.image_decode import dct_scale, decode_bytes, decode_tensor
 from cache_builder.image_list import ImageList
 from cache_builder.transforms import CROP_COLUMNS, sample_rrc
 from cache_builder.transforms import normalize_batch as normalise  # noqa: F401  (the engine's name for it)
-from distill.decode import EncodedView, image_size
+from distill.decode import EncodedView, cut_view, image_size
 
 DECODE_SCALES = ("auto", "off")  # --decode-scale: DCT-scaled JPEG decoding of downscaled crops, or full decodes
 
@@ -114,32 +120,32 @@ class AugmentedImages(Dataset):
     def __getitem__(self, key: Any) -> tuple[Any, int, int]:
         epoch, row = key
         path = self.images.name(row)
+        data = self.images.read_bytes(row)
         if self.encoded:  # --decode gpu: the same view box, from the header's size; decoded on the GPU
-            data = self.images.read_bytes(row)
             view, box = self.view_box(epoch, row, image_size(data, path))
             return EncodedView(torch.frombuffer(bytearray(data), dtype=torch.uint8), box, path), row, view
-        chosen: dict[str, Any] = {}
+        if self.decode_scale == "auto":  # the view from the header's full size; a DCT-scaled decode if it pays
+            full_hw = image_size(data, path)
+            view, box = self.view_box(epoch, row, full_hw)
+            s = dct_scale(box[2:4], (self.size, self.size))
+            if s > 1:
+                return self._drafted(data, path, full_hw, box, s), row, view
+            img = decode_tensor(data, path)
+        else:
+            img = decode_tensor(data, path)
+            view, box = self.view_box(epoch, row, (img.shape[1], img.shape[2]))
+        return cut_view(img, box, self.size, path), row, view
 
-        def draft(width: int, height: int) -> tuple[int, int] | None:
-            """Draw the view from the header's full size; ask for a DCT-scaled decode if it pays."""
-            chosen["full"] = (width, height)
-            chosen["view"], chosen["box"] = self.view_box(epoch, row, (height, width))
-            s = dct_scale(chosen["box"][2:4], (self.size, self.size)) if self.decode_scale == "auto" else 1
-            chosen["s"] = s
-            return (width // s, height // s) if s > 1 else None
+    def _drafted(self, data: bytes, path: str, full_hw: tuple[int, int], box: tuple[int, int, int, int, bool], s: int) -> torch.Tensor:
+        """The view ``box`` (full-size pixels) from a decode at ``1/s`` (a JPEG; other formats decode fully)."""
+        from PIL import Image
 
-        im = self.images.decode(row, draft=draft)
-        view, (top, left, h, w, flip) = chosen["view"], chosen["box"]
-        if im.size == chosen["full"]:
-            im = TF.resized_crop(im, top, left, h, w, [self.size, self.size], antialias=True)
-        else:  # drafted at 1/s: the same box in the reduced image's coordinates
-            from PIL import Image
-
-            s = chosen["s"]
-            im = im.resize((self.size, self.size), Image.Resampling.BILINEAR, box=(left / s, top / s, (left + w) / s, (top + h) / s))
-        if flip:
-            im = TF.hflip(im)
-        return TF.pil_to_tensor(im), row, view
+        im = decode_bytes(data, path, draft=lambda width, height: (width // s, height // s))
+        if im.size == (full_hw[1], full_hw[0]):  # not drafted (not a JPEG)
+            return cut_view(TF.pil_to_tensor(im), box, self.size, path)
+        top, left, h, w, flip = box  # the same box in the reduced image's coordinates (sub-pixel)
+        im = im.resize((self.size, self.size), Image.Resampling.BILINEAR, box=(left / s, top / s, (left + w) / s, (top + h) / s))
+        return TF.pil_to_tensor(TF.hflip(im) if flip else im)
 
 
 class ReferenceImages(Dataset):

@@ -47,6 +47,20 @@ def image_size(data: bytes | str, name: str | None = None) -> tuple[int, int]:
         raise OSError(f"{path}: cannot be read as an image ({e})") from None
 
 
+def cut_view(img: torch.Tensor, box: tuple[int, int, int, int, bool], size: int, where: str) -> torch.Tensor:
+    """uint8 ``(3, H, W)`` -> the view ``box`` = ``(top, left, height, width, flip)`` of it, resized to
+    uint8 ``(3, size, size)`` (bilinear, antialiased: torchvision's uint8 kernel, on any device) and
+    flipped. The one view cut of the student's input pipeline: ``--decode cpu`` (on the decoded
+    image) and ``--decode gpu`` (on the GPU-decoded batch). ``where`` names the image in errors."""
+    from torchvision.transforms.v2 import functional as F
+
+    top, left, h, w, flip = box
+    if top + h > img.shape[1] or left + w > img.shape[2]:
+        raise ValueError(f"{where}: decoded size {tuple(img.shape[1:])} is smaller than the view box {box}")
+    view = F.resize(img[:, top:top + h, left:left + w], [size, size], antialias=True)
+    return view.flip(-1) if flip else view
+
+
 def collate_encoded(samples: list[tuple[EncodedView, int, int]]) -> tuple[list[EncodedView], torch.Tensor, torch.Tensor]:
     """``[(EncodedView, row, view)]`` -> ``([EncodedView] * B, rows (B,), views (B,))``."""
     encoded, rows, views = zip(*samples)
@@ -69,19 +83,11 @@ class GpuViewDecoder:
         self.device = device
 
     def __call__(self, encoded: list[EncodedView]) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as F
-
         from cache_builder.image_decode import decode_batch
 
         def error(i: int, err: Exception) -> Exception:
             return OSError(f"{encoded[i].path}: cannot be decoded as an image ({err})")
 
-        out = []
-        for e, img in zip(encoded, decode_batch([e.data for e in encoded], self.device, error)):
-            top, left, h, w, flip = e.box
-            if top + h > img.shape[1] or left + w > img.shape[2]:
-                raise ValueError(f"{e.path}: decoded size {tuple(img.shape[1:])} is smaller than the view box {e.box}")
-            view = F.resize(img[:, top:top + h, left:left + w], [self.size, self.size], antialias=True)
-            out.append(view.flip(-1) if flip else view)
-        return torch.stack(out)
+        images = decode_batch([e.data for e in encoded], self.device, error)
+        return torch.stack([cut_view(img, e.box, self.size, e.path) for e, img in zip(encoded, images)])
 

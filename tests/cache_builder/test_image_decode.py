@@ -164,3 +164,24 @@ def decode_image_from_array(rgba: np.ndarray) -> Image.Image:
     buf = io.BytesIO()
     Image.fromarray(rgba).save(buf, "PNG")
     return decode_bytes(buf.getvalue(), "rgba.png")
+
+
+def test_the_tensor_decode_of_a_jpeg_equals_the_pil_decode() -> None:
+    """Stage 2 decodes JPEGs with torchvision (``decode_tensor``, twice as fast); the pixels must
+    be PIL's, for every chroma subsampling, progressive files and grey JPEGs; other formats and
+    bad files go the PIL way and are named."""
+    from cache_builder.image_decode import decode_bytes, decode_tensor
+
+    rng = np.random.default_rng(3)
+    for i, (subsampling, progressive, mode) in enumerate([(0, False, "RGB"), (1, True, "RGB"), (2, False, "RGB"), (2, True, "L")]):
+        h, w = int(rng.integers(9, 70)), int(rng.integers(9, 70))
+        img = Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).convert(mode)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=int(rng.integers(60, 98)), subsampling=subsampling, progressive=progressive)
+        expected = np.asarray(decode_bytes(buf.getvalue(), "x.jpg"))
+        assert np.array_equal(decode_tensor(buf.getvalue(), "x.jpg").permute(1, 2, 0).numpy(), expected), i
+    png = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (5, 7, 4), np.uint8), "RGBA").save(png, format="PNG")
+    assert np.array_equal(decode_tensor(png.getvalue(), "x.png").permute(1, 2, 0).numpy(), np.asarray(decode_bytes(png.getvalue(), "x")))
+    with pytest.raises(BadImageError, match="bad.jpg: cannot decode image"):
+        decode_tensor(b"\xff\xd8\xff not really", "bad.jpg")
