@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import socket
@@ -208,7 +209,7 @@ def test_two_process_gloo_build_equals_one_process(assets, tmp_path, python_env)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the two workers below: conv kernels may round differently with other thread counts
     try:
-        build_cache(_cfg(assets, one, splits=("train",), device="cpu"))
+        build_cache(_cfg(assets, one, splits=("train",), device="cpu", pixels=20))
     finally:
         torch.set_num_threads(threads)
     two = tmp_path / "two"
@@ -217,7 +218,7 @@ def test_two_process_gloo_build_equals_one_process(assets, tmp_path, python_env)
            "-m", "cache_builder.cli", "build", "--teacher", "custom", "--arch", "resnet18",
            "--weights", assets["weights"], "--data", assets["data"], "--out", str(two), "--split", "train",
            "--input-size", "32", "--resize-size", "36", "--batch-size", "3", "--shard-size", "4",
-           "--workers", "0", "--device", "cpu", "--no-progress"]
+           "--workers", "0", "--device", "cpu", "--no-progress", "--pixels", "20"]
     env = dict(python_env, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -227,6 +228,8 @@ def test_two_process_gloo_build_equals_one_process(assets, tmp_path, python_env)
     np.testing.assert_allclose(a, b, atol=1e-3)
     assert _checksums(str(two / "train")) == _checksums(str(one / "train"))  # same bytes, shard by shard
     assert store.load_metadata().paths == storage.open_store(str(one / "train")).load_metadata().paths
+    copies = [{os.path.basename(p): open(p, "rb").read() for p in glob.glob(str(d / "pixels" / "train" / "*"))} for d in (one, two)]
+    assert copies[0] == copies[1] and len(copies[0]) > 3  # each rank wrote the pre-resized copy of its shards
 
 
 def test_cli_build_info_verify_and_missing_weights(assets, tmp_path, monkeypatch) -> None:
