@@ -7,7 +7,7 @@ image extension (``IMAGE_EXTENSIONS``), its label the integer text of an optiona
 member (-1 without one). Samples without an image are skipped (counted in a logged message).
 Rows are ``<shard name>/<key>``, shards in listing order, samples in tar order.
 
-The index (``TarIndex``): one scan of the shard's headers with Python's ``tarfile`` (no member
+The index (``TarIndex``): one scan of the shard's headers (``cache_builder.tar_headers``; no member
 data is read except the small ``.cls`` texts) gives, per sample, the image member's data offset
 and size and the label. A remote shard is scanned where it is, through a seekable fsspec file
 (``image_source.open_shard``; fsspec reads ahead in blocks, so for typical sample sizes the
@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import os
-import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from cache_builder.image_source import ImageSource, Shard, ShardError, open_shard
+from cache_builder.tar_headers import TarHeaderError, tar_members
 from storage.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -89,24 +89,22 @@ def scan_tar(shard: Shard) -> TarIndex:
         labels.append(sample["label"])
 
     try:
-        with open_shard(shard) as stream, tarfile.open(fileobj=stream, mode="r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = split_member(member.name)
+        with open_shard(shard) as stream:
+            for name, offset, size, data in tar_members(stream):
+                key, ext = split_member(name)
                 if current is None or current["key"] != key:
                     close(current)
                     current = {"key": key, "image": None, "label": -1}
                 if ext in IMAGE_EXTENSIONS and current["image"] is None:
-                    current["image"] = (member.offset_data, member.size)
+                    current["image"] = (offset, size)
                 elif ext == "cls":
-                    f = tar.extractfile(member)
-                    text = f.read().decode("utf-8", "replace").strip() if f is not None else ""
+                    data.seek(offset)
+                    text = data.read(size).decode("utf-8", "replace").strip()
                     if not text.lstrip("-").isdigit() or int(text) < -1:
                         raise ShardError(f"{shard.url}: sample {key!r}: .cls member holds {text[:20]!r}, not a class index")
                     current["label"] = int(text)
             close(current)
-    except (tarfile.TarError, OSError, EOFError) as e:
+    except (TarHeaderError, OSError, EOFError) as e:
         where = f" after sample {keys[-1]!r}" if keys else ""
         raise ShardError(f"{shard.url}: not a readable tar shard{where} ({type(e).__name__}: {e})") from None
     if skipped:
