@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from cache_builder.devices import DEVICE_HELP
-from cache_builder.pixel_copy import PIXEL_FORMATS
 from storage.config_options import setting
 from storage.errors import CompressError, UsageError
 
@@ -27,6 +26,7 @@ BACKENDS = ("zarr", "hdf5")
 AUGMENTS = ("none", "rrc")
 DECODES = ("cpu", "gpu")
 EMBEDDINGS = ("cls", "mean", "cls+mean", "pool")
+PIXEL_FORMATS = ("jpeg", "png")  # --pixels-format (cache_builder.pixel_copy)
 
 
 class BuildError(CompressError):

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from cache_builder.build_config import PIXEL_FORMATS
 from cache_builder.image_list import ImageList
 from storage.atomic import write_json_atomic, write_path_atomic
 from storage.errors import CompressError
@@ -54,7 +55,6 @@ PIXELS_DIR = "pixels"  # OUT/pixels/<split>
 MANIFEST_NAME = "pixels.json"
 PIXELS_FORMAT = "compress-pixels/1"
 SHARD_INDEX_FORMAT = "compress-pixels-shard/1"
-PIXEL_FORMATS = ("jpeg", "png")
 EXTENSIONS = {"jpeg": "jpg", "png": "png"}
 _MAGIC = {"jpeg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n"}
 
@@ -70,6 +70,11 @@ class PixelSettings:
     size: int
     image_format: str = "jpeg"
     quality: int = 90
+
+    def __post_init__(self) -> None:
+        if self.image_format not in PIXEL_FORMATS or self.size <= 0:
+            raise PixelCopyError(f"pre-resized copy settings {self}: size must be positive and the format one of "
+                                 f"{', '.join(PIXEL_FORMATS)}")
 
     def describe(self) -> str:
         codec = f"JPEG q{self.quality}" if self.image_format == "jpeg" else "PNG (lossless)"
@@ -191,8 +196,10 @@ class PixelCopyWriter:
                 with open(path, encoding="utf-8") as f:
                     old = json.load(f)
             except (OSError, ValueError) as e:
-                raise PixelCopyError(f"{path}: unreadable pre-resized copy manifest ({e}); delete {self.location} or pass "
-                                     "--overwrite") from None
+                if not replace:
+                    raise PixelCopyError(f"{path}: unreadable pre-resized copy manifest ({e}); pass --overwrite to replace "
+                                         "the copy") from None
+                old = {}
             if old == self.manifest:
                 return self._remove_temporaries()
             if old.get("store_fingerprint") == self.manifest["store_fingerprint"] and not replace:

@@ -12,6 +12,26 @@ import tarfile
 
 from cache_builder.image_list import discover_splits
 
+# the tiny builds of the sharded-input and pre-resized-copy tests: resnet18 at 16 px, shards of 8 rows
+TINY_BUILD = dict(teacher="custom", arch="resnet18", input_size=16, resize_size=16, batch_size=4, shard_size=8, workers=0,
+                  progress=False, knn=False, dtype="float32", backend="hdf5")
+
+
+def jpeg_folder_and_weights(base: str, train_per_class: int) -> tuple[str, str]:
+    """``(folder, weights)``: ``base/folder`` with classes a and b of JPEGs of 8-24 px (short side;
+    ``train_per_class`` train and 2 val images per class) and random resnet18 weights ``base/r18.pth``."""
+    import torch
+    import torchvision
+
+    from tests.cache_builder import synthetic as syn
+    from tests.images import write_image_folder
+
+    folder = os.path.join(base, "folder")
+    write_image_folder(folder, ("a", "b"), {"train": train_per_class, "val": 2}, size=16, jitter=8, seed=4, ext="jpg")
+    weights = os.path.join(base, "r18.pth")
+    torch.save(syn.randomize_(torchvision.models.resnet18(), seed=5).state_dict(), weights)
+    return folder, weights
+
 
 def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     info = tarfile.TarInfo(name)

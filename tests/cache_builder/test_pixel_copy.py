@@ -17,7 +17,6 @@ import time
 import numpy as np
 import pytest
 import torch
-import torchvision
 from click.testing import CliRunner
 from PIL import Image
 
@@ -30,12 +29,10 @@ from cache_builder.pixel_source import PixelCopy
 from distill.config import resolve_config
 from distill.engine import run
 from distill.targets import load_targets
-from tests.cache_builder import synthetic as syn
+from tests.cache_builder.shards import TINY_BUILD, jpeg_folder_and_weights
 from tests.distill.synthetic import losses, tiny
-from tests.images import write_image_folder
 
-COMMON = dict(teacher="custom", arch="resnet18", input_size=16, resize_size=16, batch_size=4, shard_size=8, workers=0,
-              progress=False, knn=False, dtype="float32", backend="hdf5")
+COMMON = TINY_BUILD
 RUN = dict(batch_size=4, bank_size=8, epochs=2, probe_size=8)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -48,11 +45,7 @@ def home(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """JPEGs of 8-24 px (short side), two classes, train 6 + val 2 per class; resnet18 weights."""
-    base = tmp_path_factory.mktemp("pixels")
-    folder = str(base / "folder")
-    write_image_folder(folder, ("a", "b"), {"train": 6, "val": 2}, size=16, jitter=8, seed=4, ext="jpg")
-    weights = str(base / "r18.pth")
-    torch.save(syn.randomize_(torchvision.models.resnet18(), seed=5).state_dict(), weights)
+    folder, weights = jpeg_folder_and_weights(str(tmp_path_factory.mktemp("pixels")), train_per_class=6)
     return {"folder": folder, "weights": weights}
 
 

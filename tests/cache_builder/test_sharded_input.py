@@ -12,7 +12,6 @@ import fsspec
 import numpy as np
 import pytest
 import torch
-import torchvision
 
 import storage
 from cache_builder import tar_source
@@ -26,13 +25,10 @@ from evaluate.config import FeaturesConfig
 from evaluate.feature_set import load_feature_set
 from evaluate.features import extract_features
 from storage.errors import UsageError
-from tests.cache_builder import synthetic as syn
-from tests.cache_builder.shards import folder_to_parquet, folder_to_tar
+from tests.cache_builder.shards import TINY_BUILD, folder_to_parquet, folder_to_tar, jpeg_folder_and_weights
 from tests.distill.synthetic import losses, tiny
-from tests.images import write_image_folder
 
-COMMON = dict(teacher="custom", arch="resnet18", input_size=16, resize_size=16, batch_size=4, shard_size=8, workers=0,
-              progress=False, knn=False, dtype="float32", backend="hdf5")
+COMMON = TINY_BUILD
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -44,10 +40,7 @@ def home(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     base = tmp_path_factory.mktemp("sharded")
-    folder = str(base / "folder")
-    write_image_folder(folder, ("a", "b"), {"train": 5, "val": 2}, size=16, jitter=8, seed=4, ext="jpg")
-    weights = str(base / "r18.pth")
-    torch.save(syn.randomize_(torchvision.models.resnet18(), seed=5).state_dict(), weights)
+    folder, weights = jpeg_folder_and_weights(str(base), train_per_class=5)
     return {"base": base, "folder": folder, "tar": folder_to_tar(folder, str(base / "tar"), per_shard=4),
             "parquet": folder_to_parquet(folder, str(base / "parquet")), "weights": weights}
 
