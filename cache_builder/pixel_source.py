@@ -185,15 +185,18 @@ def copy_of(store_path: str) -> str | None:
 
 def cache_copy(store_path: str, fingerprint: str | None) -> tuple[str | None, str]:
     """``(data, why)``: the copies root ``OUT/pixels`` when the cache of train store ``store_path``
-    has a complete copy written for that store, else ``(None, why not)`` (empty when there is none)."""
+    has a complete copy written for that store (and every other split's copy there is complete,
+    since the run lists them all), else ``(None, why not)`` (empty when there is none)."""
     location = copy_of(store_path)
     if location is None:
         return None, ""
     root = os.path.dirname(location)
     try:
         copy = PixelCopy.open(location)
-        copy.require_complete()
         copy.check_store(fingerprint, store_path)
+        for split in ("train", "val"):
+            if is_copy(os.path.join(root, split)):
+                PixelCopy.open(os.path.join(root, split)).require_complete()
     except PixelCopyError as e:
         return None, str(e)
     return root, f"the cache's pre-resized copy ({copy.settings.describe()}); --data overrides"

@@ -145,7 +145,7 @@ def test_other_copy_settings_are_refused_without_overwrite(data, tmp_path) -> No
     assert PixelCopy.open(os.path.join(cache, "pixels", "train")).settings == PixelSettings(10)
 
 
-def test_verify_checks_every_byte_of_the_copy_and_stage_2_refuses_a_broken_one(data, tmp_path) -> None:
+def test_verify_checks_every_byte_of_the_copy_and_stage_2_refuses_a_broken_one(data, tmp_path, caplog) -> None:
     cache = _build(data, tmp_path / "cache", pixels=12)
     ok = CliRunner().invoke(cache_cli, ["verify", "--no-progress", cache])
     assert ok.exit_code == 0 and "pixels/train: OK (pre-resized copy)" in ok.output
@@ -155,7 +155,12 @@ def test_verify_checks_every_byte_of_the_copy_and_stage_2_refuses_a_broken_one(d
         f.write(b"\x00\x01")
     bad = CliRunner().invoke(cache_cli, ["verify", "--no-progress", cache])
     assert bad.exit_code == 1 and "shard-00001.tar (rows 8-11): sha256 differs from its index" in bad.output
-    os.truncate(tar, 1024)  # a tar cut short: the copy is incomplete, distillation goes back to the original files
+    val_tar = os.path.join(cache, "pixels", "val", "shard-00000.tar")
+    os.truncate(val_tar, 1024)  # the val copy cut short (the run lists it too): the original files are read
+    with caplog.at_level(logging.WARNING, logger="distill.config"):
+        assert resolve_config(tiny(cache, str(tmp_path / "run"), **RUN)).data == os.path.join(data["folder"], "train")
+    assert "not using the pre-resized copy" in caplog.text and "pixels/val: the pre-resized copy is incomplete" in caplog.text
+    os.truncate(tar, 1024)  # a train tar cut short: likewise
     assert resolve_config(tiny(cache, str(tmp_path / "run"), **RUN)).data == os.path.join(data["folder"], "train")
     with pytest.raises(Exception, match="the pre-resized copy is incomplete .*shard-00001.tar"):
         discover_splits(os.path.join(cache, "pixels"))
