@@ -5,7 +5,8 @@
 # It writes under $OUT (default /tmp/gpu-check): gpu.txt (nvidia-smi, versions),
 # pytest-gpu.log (`pytest -m gpu`: CUDA decode, bf16 runs and resume, no host sync per step,
 # the host-memory cache path, FAISS/torch GPU kNN, the GPU cache build) and distill_step.md
-# (bench/distill_step.py at its GPU defaults: batch 256, 224 px, bank 128k, bf16). Record the
+# (bench/distill_step.py at its GPU defaults: batch 256, 224 px, bank 128k, bf16) and loader_e2e.md
+# (bench/loader_e2e.py: the student loader against the bare ResNet-18 step). Record the
 # results in bench/RESULTS.md. Exits non-zero if a check failed; the benchmark runs anyway.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,5 +22,7 @@ cat "$OUT/gpu.txt"
 python3 -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest-gpu.log"
 tests_rc=${PIPESTATUS[0]}
 timeout 300 python3 bench/distill_step.py 2>&1 | tee "$OUT/distill_step.md"
+# issue 15: the student loader against the bare ResNet-18 step (files / --pixels copy, --decode cpu / gpu)
+timeout 200 python3 bench/loader_e2e.py --images 2048 --steps 20 --rounds 2 2>&1 | tee "$OUT/loader_e2e.md"
 echo "pytest -m gpu exit status: $tests_rc"
 exit "$tests_rc"
