@@ -14,3 +14,10 @@ DEFAULT_HOME = os.path.join("~", ".cache", "compress")
 def compress_home() -> str:
     """``$COMPRESS_HOME`` when set (and not empty), else ``~/.cache/compress`` (expanded)."""
     return os.path.expanduser(os.environ.get("COMPRESS_HOME") or DEFAULT_HOME)
+
+
+def file_name(name: str) -> str:
+    """``name`` (a teacher or student name such as ``timm:vit_small_patch14_dinov2.lvd142m``) as one
+    portable file-name component: ``:``, ``/`` and ``\\`` become ``_`` (a colon is not allowed in
+    Windows file names and is a separator in ``PATH``-like lists and ``scp`` targets)."""
+    return name.replace(":", "_").replace("/", "_").replace("\\", "_")

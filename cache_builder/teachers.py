@@ -288,7 +288,10 @@ def default_weights_dir() -> str:
 
 
 def default_weights_path(name: str) -> str:
-    return os.path.join(default_weights_dir(), f"{name}.pth")
+    """``$COMPRESS_HOME/weights/<name>.pth`` (``timm:<model>`` as ``timm_<model>.pth``)."""
+    from cache_builder.home import file_name
+
+    return os.path.join(default_weights_dir(), f"{file_name(name)}.pth")
 
 
 def build_meta(spec: TeacherSpec) -> nn.Module:

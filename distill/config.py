@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from cache_builder.home import file_name
 from storage.config_options import setting
 from storage.errors import UsageError
 
@@ -275,7 +276,7 @@ def resolve_config(cfg: DistillConfig) -> DistillConfig:
         changes["data"] = str(data_root)
     if cfg.out is None:
         teacher = str(store.provenance.get("teacher", "teacher"))
-        changes["out"] = os.path.join("runs", f"{cfg.student}-from-{teacher}")
+        changes["out"] = os.path.join("runs", file_name(f"{cfg.student}-from-{teacher}"))
     resolved = dataclasses.replace(cfg, **changes)
     check_output_dir(resolved.out or ".")
     from cache_builder.image_source import location_exists
@@ -296,7 +297,7 @@ def _resolve_online(cfg: DistillConfig) -> DistillConfig:
         raise UsageError(f"--teacher {cfg.teacher}: pass --data (the image root; without a cache there is no recorded one)")
     changes: dict[str, Any] = {"lr_steps": cfg.milestones(), "weights": cfg.weights or default_weights_path(spec.name)}
     if cfg.out is None:
-        changes["out"] = os.path.join("runs", f"{cfg.student}-from-{spec.name}-online")
+        changes["out"] = os.path.join("runs", file_name(f"{cfg.student}-from-{spec.name}-online"))
     resolved = dataclasses.replace(cfg, **changes)
     check_output_dir(resolved.out or ".")
     if not os.path.isdir(resolved.data or ""):

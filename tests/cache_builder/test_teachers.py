@@ -184,6 +184,9 @@ def test_missing_weights_message_says_where_and_how(tmp_path) -> None:
 def test_default_weights_path_uses_compress_home(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("COMPRESS_HOME", str(tmp_path))
     assert teachers.default_weights_path("moco_v2_r50") == os.path.join(str(tmp_path), "weights", "moco_v2_r50.pth")
+    # a timm name's colon (not allowed in Windows file names) becomes an underscore
+    assert teachers.default_weights_path("timm:vit_small_patch14_dinov2.lvd142m") == os.path.join(
+        str(tmp_path), "weights", "timm_vit_small_patch14_dinov2.lvd142m.pth")
 
 
 @pytest.mark.parametrize("width", [2, 4])

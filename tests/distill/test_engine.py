@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from distill import metrics, precision, trainer
-from distill.engine import run
+from distill.engine import resolve_config, run
 from distill.export import export_student, load_student
 from distill.run_identity import RunMismatchError
 from distill.targets import CacheMismatchError
@@ -51,6 +51,8 @@ def test_default_data_and_out_come_from_the_cache(setup, tmp_path, monkeypatch) 
     result = run(dataclasses.replace(tiny(cache, None), epochs=1, max_steps=2))
     assert result["out"] == os.path.join("runs", "tiny_cnn-from-synthetic")
     assert os.path.isfile(os.path.join(tmp_path, "runs", "tiny_cnn-from-synthetic", "checkpoint.pt"))
+    timm = resolve_config(dataclasses.replace(tiny(cache, None), student="timm:mobilenetv3_small_050"))
+    assert timm.out == os.path.join("runs", "timm_mobilenetv3_small_050-from-synthetic")  # no colon in the directory name
 
 
 @pytest.mark.parametrize("bank_options,cli_options", [
