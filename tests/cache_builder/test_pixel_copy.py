@@ -186,3 +186,14 @@ def test_a_killed_build_resumes_to_identical_bytes(data, tmp_path, python_env) -
     assert done.returncode == 0, done.stderr
     for split in ("train", "val"):
         assert _files(os.path.join(killed, "pixels", split)) == _files(os.path.join(reference, "pixels", split))
+
+
+def test_a_parquet_dataset_trains_from_its_copy_without_the_parquet_files(data, tmp_path) -> None:
+    from tests.cache_builder.shards import folder_to_parquet
+
+    parquet = folder_to_parquet(data["folder"], str(tmp_path / "parquet"))
+    cache = str(tmp_path / "cache")
+    build_cache(BuildConfig(weights=data["weights"], data=parquet, out=cache, pixels=12, **COMMON))
+    os.rename(parquet, str(tmp_path / "moved"))  # stage 2 reads the copy's tars only
+    assert run(tiny(cache, str(tmp_path / "run"), **RUN))["finished"]
+    assert discover_splits(os.path.join(cache, "pixels"))["train"].paths[:2] == ("part-0.parquet#0", "part-0.parquet#1")
