@@ -291,3 +291,29 @@ def test_cluster_grid_thumbnails_come_from_shards_too(data, tmp_path) -> None:
         grids[kind] = np.asarray(Image.open(path))
     np.testing.assert_array_equal(grids["tar"], grids["folder"])  # the same rows, read from the shards
     np.testing.assert_array_equal(grids["parquet"], grids["folder"])
+
+
+def test_the_demo_data_as_tar_shards_and_parquet_gives_the_folder_cache_row_for_row(data, tmp_path) -> None:
+    """The demo's Fashion-MNIST images (28 px grey PNGs) as tar shards and as Parquet: the same
+    embeddings row for row as their image folder, and distillation and evaluation run from both."""
+    from demo.fashion_mnist import Split, load_subset
+    from demo.image_folder import export_split
+
+    train, val = load_subset()
+    folder = str(tmp_path / "demo")
+    export_split(Split(train.images[:24], train.labels[:24]), os.path.join(folder, "train"))
+    export_split(Split(val.images[:8], val.labels[:8]), os.path.join(folder, "val"))
+    sources = {"folder": folder, "tar": folder_to_tar(folder, str(tmp_path / "tar"), per_shard=10),
+               "parquet": folder_to_parquet(folder, str(tmp_path / "parquet"))}
+    stores = {}
+    for kind, source in sources.items():
+        build_cache(BuildConfig(weights=data["weights"], data=source, out=str(tmp_path / f"cache-{kind}"), **TINY_BUILD))
+        stores[kind] = storage.open_store(str(tmp_path / f"cache-{kind}" / "train"))
+    for kind in ("tar", "parquet"):
+        np.testing.assert_array_equal(stores[kind].load_all(), stores["folder"].load_all())
+        assert stores[kind].load_metadata().labels.tolist() == stores["folder"].load_metadata().labels.tolist()
+        out = str(tmp_path / f"run-{kind}")
+        assert run(tiny(str(tmp_path / f"cache-{kind}"), out, batch_size=8, bank_size=8, epochs=1, probe_size=8))["finished"]
+        features = str(tmp_path / f"features-{kind}")
+        extract_features(FeaturesConfig(model=out, data=sources[kind], out=features, image_size=16, progress=False))
+        assert len(load_feature_set(features).val.paths) == 8
