@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cache_builder.build_config import EMBEDDINGS  # the --embedding choices: the DINO family and timm offer all
 from cache_builder.checkpoints import LoadReport, MissingWeightsError
 from cache_builder.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, SquashUint8Transform, Uint8Transform
 from cache_builder.vit_checkpoints import detect_layout, hub_config, load_vit_strict, read_weights, unwrap
@@ -37,7 +38,6 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
-EMBEDDINGS = ("cls", "mean", "cls+mean", "pool")
 TIMM_PREFIX = "timm:"
 
 
@@ -171,12 +171,11 @@ class ViTTeacherSpec:
 # ViT-g takes long) is skipped; Eva (DINOv3) has no such switch
 _SKIP_INIT = (("weight_init", "skip"),)
 _TOKEN = (("num_classes", 0), ("global_pool", "token"))
-_DINO_TOKENS = ("cls", "mean", "cls+mean", "pool")
 
 
 def _dino(name: str, arch: str, width: int, release: str) -> ViTTeacherSpec:
     return ViTTeacherSpec(
-        name=name, arch=arch, family="dino", width=width, pool_dim=width, embedding="cls", embeddings=_DINO_TOKENS,
+        name=name, arch=arch, family="dino", width=width, pool_dim=width, embedding="cls", embeddings=EMBEDDINGS,
         layouts=("dino", "timm"), create=_TOKEN + _SKIP_INIT,
         source=f"facebookresearch/dino: {release}_pretrain.pth (backbone) or {release}_pretrain_full_checkpoint.pth "
                "('teacher' / 'student' dicts, heads dropped)",
@@ -187,7 +186,7 @@ def _dinov2(size: str, arch_size: str, width: int, reg: bool) -> ViTTeacherSpec:
     suffix, arch_reg = ("_reg", "_reg4") if reg else ("", "")
     return ViTTeacherSpec(
         name=f"dinov2_vit{size}14{suffix}", arch=f"vit_{arch_size}_patch14{arch_reg}_dinov2", family="dinov2",
-        width=width, pool_dim=width, embedding="cls", embeddings=_DINO_TOKENS, layouts=("dinov2", "timm"), create=_TOKEN + _SKIP_INIT,
+        width=width, pool_dim=width, embedding="cls", embeddings=EMBEDDINGS, layouts=("dinov2", "timm"), create=_TOKEN + _SKIP_INIT,
         source=f"facebookresearch/dinov2: dinov2_vit{size}14{'_reg4' if reg else ''}_pretrain.pth (pos_embed at 518 px, "
                "resampled to the input size)",
     )
@@ -196,7 +195,7 @@ def _dinov2(size: str, arch_size: str, width: int, reg: bool) -> ViTTeacherSpec:
 def _dinov3(size: str, arch_size: str, width: int) -> ViTTeacherSpec:
     return ViTTeacherSpec(
         name=f"dinov3_vit{size}16", arch=f"vit_{arch_size}_patch16_dinov3_qkvb", family="dinov3", width=width,
-        pool_dim=width, embedding="cls", embeddings=_DINO_TOKENS, layouts=("dinov3", "timm"), create=_TOKEN,
+        pool_dim=width, embedding="cls", embeddings=EMBEDDINGS, layouts=("dinov3", "timm"), create=_TOKEN,
         source=f"facebookresearch/dinov3: dinov3_vit{size}16_pretrain_lvd1689m-*.pth (Meta layout, storage tokens, RoPE)",
         convert="Request access on the facebookresearch/dinov3 page and use the downloaded .pth as is.",
     )
