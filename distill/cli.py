@@ -68,7 +68,6 @@ def run(variant: str | None, loggers: tuple[str, ...], **params: Any) -> None:
     if _is_rank_zero():
         source = f"online teacher {resolved.teacher} ({resolved.weights})" if resolved.teacher else f"cache {resolved.cache}"
         click.echo(f"student {resolved.student} ({resolved.variant}, bank {resolved.bank}), {source}, data {resolved.data}, out {resolved.out}")
-        click.echo(resolved.schedule_summary())
     result = run_engine(resolved)
     if _is_rank_zero():
         click.echo(json.dumps(result))
