@@ -57,10 +57,10 @@ def _pax(data: bytes, where: int) -> dict[str, str]:
     return out
 
 
-def tar_members(stream: BinaryIO) -> Iterator[tuple[str, int, int, BinaryIO]]:
-    """``(name, data offset, size, stream)`` of every regular file in the (uncompressed) tar
-    ``stream``, in order; the stream is positioned anywhere between calls (read a member's data
-    with ``seek(offset)`` + ``read(size)`` before asking for the next one)."""
+def tar_members(stream: BinaryIO) -> Iterator[tuple[str, int, int]]:
+    """``(name, data offset, size)`` of every regular file in the (uncompressed) tar ``stream``,
+    in order; the stream is positioned anywhere between calls (read a member's data with
+    ``stream.seek(offset)`` + ``read(size)`` before asking for the next one)."""
     offset = 0
     long_name: str | None = None
     pax: dict[str, str] = {}
@@ -106,5 +106,5 @@ def tar_members(stream: BinaryIO) -> Iterator[tuple[str, int, int, BinaryIO]]:
             if len(stream.read(1)) != 1:
                 raise TarHeaderError(f"the stream ends inside the member {name!r} (at byte {offset})")
         if kind in _REGULAR and not name.endswith("/"):
-            yield name, data_at, size, stream
+            yield name, data_at, size
         offset = data_at + -(-size // BLOCK) * BLOCK

@@ -90,7 +90,7 @@ def scan_tar(shard: Shard) -> TarIndex:
 
     try:
         with open_shard(shard) as stream:
-            for name, offset, size, data in tar_members(stream):
+            for name, offset, size in tar_members(stream):
                 key, ext = split_member(name)
                 if current is None or current["key"] != key:
                     close(current)
@@ -98,8 +98,8 @@ def scan_tar(shard: Shard) -> TarIndex:
                 if ext in IMAGE_EXTENSIONS and current["image"] is None:
                     current["image"] = (offset, size)
                 elif ext == "cls":
-                    data.seek(offset)
-                    text = data.read(size).decode("utf-8", "replace").strip()
+                    stream.seek(offset)
+                    text = stream.read(size).decode("utf-8", "replace").strip()
                     if not text.lstrip("-").isdigit() or int(text) < -1:
                         raise ShardError(f"{shard.url}: sample {key!r}: .cls member holds {text[:20]!r}, not a class index")
                     current["label"] = int(text)
