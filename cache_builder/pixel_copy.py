@@ -168,6 +168,19 @@ def row_key(row: int) -> str:
     return f"{row:09d}"
 
 
+def complete_index(location: str, shard_id: int) -> dict[str, Any] | None:
+    """The index of shard ``shard_id`` of the copy at ``location`` when the shard is complete (its
+    index is written, in this format, and its tar has the size the index records), else None."""
+    try:
+        with open(os.path.join(location, index_name(shard_id)), encoding="utf-8") as f:
+            index = json.load(f)
+        if index.get("format") == SHARD_INDEX_FORMAT and os.path.getsize(os.path.join(location, shard_name(shard_id))) == index["bytes"]:
+            return dict(index)
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    return None
+
+
 class PixelCopyWriter:
     """Writes the copy of one split at ``location``; row ``r`` is store row ``r``.
 
@@ -221,17 +234,8 @@ class PixelCopyWriter:
                 os.remove(os.path.join(self.location, name))
 
     def complete_shards(self) -> set[int]:
-        """The shards whose tar and index are written (the tar has the size its index records)."""
-        done = set()
-        for sid in range(len(self.shard_ranges)):
-            try:
-                with open(os.path.join(self.location, index_name(sid)), encoding="utf-8") as f:
-                    recorded = int(json.load(f)["bytes"])
-                if os.path.getsize(os.path.join(self.location, shard_name(sid))) == recorded:
-                    done.add(sid)
-            except (OSError, ValueError, KeyError):
-                pass
-        return done
+        """The shards whose tar and index are written (``complete_index``)."""
+        return {sid for sid in range(len(self.shard_ranges)) if complete_index(self.location, sid) is not None}
 
     def write_shard(self, shard_id: int, copies: Sequence[CopiedImage]) -> None:
         """Write shard ``shard_id`` (its rows' copies, in row order): the tar, then its index."""

@@ -27,10 +27,9 @@ from cache_builder.pixel_copy import (
     MANIFEST_NAME,
     PIXELS_DIR,
     PIXELS_FORMAT,
-    SHARD_INDEX_FORMAT,
     PixelCopyError,
     PixelSettings,
-    index_name,
+    complete_index,
     row_key,
     shard_name,
 )
@@ -67,14 +66,11 @@ class PixelCopy:
             raise PixelCopyError(f"{path}: format {found!r} is not {PIXELS_FORMAT!r}; rebuild it with compress-cache build --pixels")
         copy = cls(location, manifest)
         for sid in range(len(manifest["shards"])):
-            try:
-                with open(os.path.join(location, index_name(sid)), encoding="utf-8") as f:
-                    index = json.load(f)
-                if index.get("format") != SHARD_INDEX_FORMAT or os.path.getsize(os.path.join(location, shard_name(sid))) != index["bytes"]:
-                    raise ValueError("unfinished")
-                copy.indexes[sid] = index
-            except (OSError, ValueError, KeyError):
+            index = complete_index(location, sid)
+            if index is None:
                 copy.missing.append(sid)
+            else:
+                copy.indexes[sid] = index
         return copy
 
     @property
