@@ -121,7 +121,8 @@ class PixelCopy:
 
 
 class PixelSource(TarSource):
-    """Rows of a complete ``PixelCopy``, named by the original images' paths (module docstring)."""
+    """Rows of a complete ``PixelCopy``, named by the original images' paths (module docstring);
+    rows are found through ``located`` (``TarSource.rows``, keyed by tar key, is never built)."""
 
     kind = "pixels"
 

@@ -28,6 +28,7 @@ small reader is written instead.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -160,8 +161,12 @@ class TarSource(ImageSource):
         shard's persisted index or a scan (``load_index``)."""
         super().__init__(location, shards, cache_dir)
         self.indexes = indexes if indexes is not None else {s.name: load_index(s, index_dir) for s in self.shards}
-        self.rows = {s.name: {k: i for i, k in enumerate(self.indexes[s.name].keys)} for s in self.shards}
         self._handles: dict[str, Any] = {}
+
+    @functools.cached_property
+    def rows(self) -> dict[str, dict[str, int]]:
+        """``{shard name: {key: row in the shard}}``, built on the first row lookup (``_locate``)."""
+        return {s.name: {k: i for i, k in enumerate(self.indexes[s.name].keys)} for s in self.shards}
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_handles": {}}
