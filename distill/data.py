@@ -6,18 +6,18 @@ run sees exactly the batches it would have seen.
 
 * Single-view (centre-crop) caches: a RandomResizedCrop + horizontal flip drawn with that
   generator.
-
-Decoding and cutting (``--decode cpu``): a JPEG is decoded by torchvision's ``decode_jpeg`` on
-the CPU (``image_decode.decode_tensor``: the same pixels as PIL's decode, in half the time; other
-formats through PIL), and the view is cut by ``distill.decode.cut_view`` (torchvision's
-antialiased bilinear uint8 resize: 3-4x faster than PIL's on these CPUs, and the kernel
-``--decode gpu`` runs on the GPU). bench/RESULTS.md, "Student loader", has the rates.
 * Multi-view caches (``compress-cache build --views K``): the generator picks one of the K
   cached views, and the student gets the *same* crop and flip the teacher saw (the ``crops``
   column, ``cache_builder.transforms.CROP_COLUMNS``), resized to the student's input size; the
   teacher target is that view's embedding.
 
 Samples are ``(uint8 (3, S, S), row, view)``; normalisation happens on the training device.
+
+Decoding and cutting (``--decode cpu``): a JPEG is decoded by torchvision's ``decode_jpeg`` on
+the CPU (``image_decode.decode_tensor``: the same pixels as PIL's decode, in half the time; other
+formats through PIL), and the view is cut by ``distill.decode.cut_view`` (torchvision's
+antialiased bilinear uint8 resize: 3-4x faster than PIL's on these CPUs, and the kernel
+``--decode gpu`` runs on the GPU). bench/RESULTS.md, "Student loader", has the rates.
 
 Reduced-scale decoding (``--decode-scale auto``, ``DECODE_SCALES``): the view box is drawn from
 the size in the file header, in full-resolution coordinates exactly as without it; when that
